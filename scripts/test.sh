@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, unit and integration tests over
+# real sockets, the README demo, and the official SDKs end to end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need curl; then
+  echo "installing curl (used by the demo smoke test)" >&2
+  apt-get update -qq && apt-get install -y -qq curl >/dev/null
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== tests"
+if need cargo-nextest; then
+  cargo nextest run --no-fail-fast
+else
+  cargo test --no-fail-fast
+fi
+echo "== demo smoke (README command 1)"
+scripts/demo.sh --smoke
+echo "== official SDKs end to end"
+scripts/sdk-e2e.sh

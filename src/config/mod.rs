@@ -1,0 +1,496 @@
+//! Configuration: the external TOML schema ([`file`]) is parsed and validated into the
+//! internal [`Config`] that the rest of Keyway sees. Every error names file:line:col and
+//! says what to fix; secrets are resolved here and only ever leave as fingerprints.
+
+mod file;
+pub mod secret;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::Uri;
+
+pub use secret::Secret;
+
+use file::{FileConfig, KeyEntry, ProviderKindName};
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from.
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub timeouts: Timeouts,
+    pub admin: Option<AdminConfig>,
+    pub auth: AuthConfig,
+    pub providers: Vec<Arc<Provider>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    /// Request bodies larger than this are answered 413.
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Per-phase timeouts. There is deliberately no total stream timeout: long generations are
+/// legitimate, so streams are bounded by `stream_idle` between chunks instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tls_handshake: Duration,
+    pub request_header: Duration,
+    pub request_body: Duration,
+    pub upstream_connect: Duration,
+    pub upstream_headers: Duration,
+    pub stream_idle: Duration,
+    pub shutdown_drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tls_handshake: Duration::from_secs(10),
+            request_header: Duration::from_secs(30),
+            request_body: Duration::from_secs(60),
+            upstream_connect: Duration::from_secs(10),
+            upstream_headers: Duration::from_secs(300),
+            stream_idle: Duration::from_secs(120),
+            shutdown_drain: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: Option<Secret>,
+    pub allow_loopback_without_token: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub clients: Vec<ClientKey>,
+    /// Set only when the config says `allow_unauthenticated = true` and lists no clients.
+    pub allow_unauthenticated: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    pub name: String,
+    pub key: Secret,
+}
+
+/// Which wire protocol a provider speaks; decides auth headers and which API formats it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    OpenAi,
+    Anthropic,
+    OpenAiCompatible,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::OpenAiCompatible => "openai-compatible",
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub id: String,
+    pub kind: ProviderKind,
+    pub base_url: BaseUrl,
+    /// Bare model names this provider may serve.
+    pub models: Vec<String>,
+    pub anthropic_version: String,
+    pub connections: Vec<Arc<Connection>>,
+}
+
+/// An upstream base URL split for cheap request building: `https://api.openai.com/v1`.
+#[derive(Debug, Clone)]
+pub struct BaseUrl {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix without a trailing slash (`/v1`), possibly empty.
+    pub path: String,
+}
+
+impl BaseUrl {
+    /// The full upstream URI for an API path such as `/chat/completions`.
+    pub fn join(&self, api_path: &str) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{}", self.path, api_path))
+            .build()
+    }
+}
+
+impl fmt::Display for BaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.path)
+    }
+}
+
+/// A set of keys for one provider account: a primary key plus extra keys.
+#[derive(Debug)]
+pub struct Connection {
+    pub provider: String,
+    pub id: String,
+    pub keys: Vec<ApiKey>,
+}
+
+impl Connection {
+    /// `provider/connection`, the name used in logs, traces and policy scopes.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.provider, self.id)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    /// Configured id, or the env var / file name the key came from. Not secret.
+    pub id: String,
+    pub secret: Secret,
+    pub weight: u32,
+}
+
+/// A configuration error, already located and worded for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct ConfigError {
+    pub location: String,
+    pub message: String,
+}
+
+/// Reads and validates the config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        location: path.display().to_string(),
+        message: format!("cannot read config file: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Validates config text; `path` is used for error locations and relative file references.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let src = Source { path, text };
+    let raw: FileConfig = toml::from_str(text).map_err(|e| ConfigError {
+        location: src.locate(e.span().unwrap_or(0..0)),
+        message: e.message().to_string(),
+    })?;
+    Validator { src: &src }.config(raw)
+}
+
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn locate(&self, span: Range<usize>) -> String {
+        let upto = &self.text[..span.start.min(self.text.len())];
+        let line = upto.matches('\n').count() + 1;
+        let col = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!("{}:{line}:{col}", self.path.display())
+    }
+
+    fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+struct Validator<'a> {
+    src: &'a Source<'a>,
+}
+
+type Spanned<T> = toml::Spanned<T>;
+
+impl Validator<'_> {
+    fn err<T>(&self, span: Range<usize>, message: impl Into<String>) -> Result<T, ConfigError> {
+        Err(ConfigError {
+            location: self.src.locate(span),
+            message: message.into(),
+        })
+    }
+
+    fn config(&self, raw: FileConfig) -> Result<Config, ConfigError> {
+        let server = ServerConfig {
+            listen: self.addr(&raw.server.listen)?,
+            tls: raw.server.tls.as_ref().map(|t| TlsFiles {
+                cert: self.src.base_dir().join(t.cert.get_ref()),
+                key: self.src.base_dir().join(t.key.get_ref()),
+            }),
+            max_body_bytes: match &raw.server.max_body_bytes {
+                Some(v) if *v.get_ref() == 0 => {
+                    return self.err(v.span(), "max_body_bytes must be greater than 0")
+                }
+                Some(v) => *v.get_ref(),
+                None => 32 * 1024 * 1024,
+            },
+        };
+        let t = &raw.timeouts;
+        let d = Timeouts::default();
+        let timeouts = Timeouts {
+            tls_handshake: t.tls_handshake.unwrap_or(d.tls_handshake),
+            request_header: t.request_header.unwrap_or(d.request_header),
+            request_body: t.request_body.unwrap_or(d.request_body),
+            upstream_connect: t.upstream_connect.unwrap_or(d.upstream_connect),
+            upstream_headers: t.upstream_headers.unwrap_or(d.upstream_headers),
+            stream_idle: t.stream_idle.unwrap_or(d.stream_idle),
+            shutdown_drain: t.shutdown_drain.unwrap_or(d.shutdown_drain),
+        };
+        let admin = match raw.admin {
+            None => None,
+            Some(a) => {
+                let listen = self.addr(&a.listen)?;
+                let token = a.token.as_ref().map(|t| self.secret(t)).transpose()?;
+                if token.is_none() && !a.allow_loopback_without_token {
+                    return self.err(
+                        a.listen.span(),
+                        "the admin listener needs `token = \"env:NAME\"`, or \
+                         `allow_loopback_without_token = true` to serve loopback clients without one",
+                    );
+                }
+                if token.is_none() && !listen.ip().is_loopback() {
+                    return self.err(
+                        a.listen.span(),
+                        "an admin listener without a token must listen on a loopback address",
+                    );
+                }
+                Some(AdminConfig {
+                    listen,
+                    token,
+                    allow_loopback_without_token: a.allow_loopback_without_token,
+                })
+            }
+        };
+        let auth = self.auth(raw.auth)?;
+        let mut providers = Vec::with_capacity(raw.providers.len());
+        let mut ids = HashSet::new();
+        for p in raw.providers {
+            if !ids.insert(p.id.get_ref().clone()) {
+                return self.err(
+                    p.id.span(),
+                    format!("duplicate provider id `{}`", p.id.get_ref()),
+                );
+            }
+            providers.push(Arc::new(self.provider(p)?));
+        }
+        Ok(Config {
+            path: self.src.path.to_path_buf(),
+            server,
+            timeouts,
+            admin,
+            auth,
+            providers,
+        })
+    }
+
+    fn addr(&self, s: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+        match s.get_ref().parse() {
+            Ok(a) => Ok(a),
+            Err(_) => self.err(
+                s.span(),
+                format!(
+                    "`{}` is not a socket address; write IP:PORT, e.g. \"127.0.0.1:8787\"",
+                    s.get_ref()
+                ),
+            ),
+        }
+    }
+
+    fn secret(&self, s: &Spanned<String>) -> Result<Secret, ConfigError> {
+        secret::resolve(s.get_ref(), self.src.base_dir())
+            .or_else(|e| self.err(s.span(), e.to_string()))
+    }
+
+    fn id(&self, s: &Spanned<String>, what: &str) -> Result<String, ConfigError> {
+        let v = s.get_ref();
+        let ok = !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if ok {
+            Ok(v.clone())
+        } else {
+            self.err(
+                s.span(),
+                format!(
+                    "{what} `{v}` must be non-empty and use only letters, digits, '-', '_' or '.'"
+                ),
+            )
+        }
+    }
+
+    fn auth(&self, raw: Spanned<file::AuthSection>) -> Result<AuthConfig, ConfigError> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let allow = raw.allow_unauthenticated;
+        if raw.clients.is_empty() && !allow {
+            return self.err(
+                span.clone(),
+                "[auth] lists no clients: add `clients = [{ name = \"me\", key = \"env:KEYWAY_CLIENT_KEY\" }]`, \
+                 or set `allow_unauthenticated = true` to run without client auth",
+            );
+        }
+        if !raw.clients.is_empty() && allow {
+            return self.err(
+                span,
+                "`allow_unauthenticated = true` conflicts with the listed clients; remove one",
+            );
+        }
+        let mut names = HashSet::new();
+        let mut clients = Vec::with_capacity(raw.clients.len());
+        for c in raw.clients {
+            let name = self.id(&c.name, "client name")?;
+            if !names.insert(name.clone()) {
+                return self.err(c.name.span(), format!("duplicate client name `{name}`"));
+            }
+            clients.push(ClientKey {
+                name,
+                key: self.secret(&c.key)?,
+            });
+        }
+        Ok(AuthConfig {
+            clients,
+            allow_unauthenticated: allow,
+        })
+    }
+
+    fn provider(&self, p: file::ProviderSection) -> Result<Provider, ConfigError> {
+        let id = self.id(&p.id, "provider id")?;
+        let kind = match p.kind {
+            ProviderKindName::Openai => ProviderKind::OpenAi,
+            ProviderKindName::Anthropic => ProviderKind::Anthropic,
+            ProviderKindName::OpenaiCompatible => ProviderKind::OpenAiCompatible,
+        };
+        let base_url = self.base_url(&p.base_url)?;
+        if p.connections.is_empty() {
+            return self.err(
+                p.id.span(),
+                format!("provider `{id}` has no [[provider.connection]] with keys"),
+            );
+        }
+        let mut conn_ids = HashSet::new();
+        let mut connections = Vec::with_capacity(p.connections.len());
+        for c in p.connections {
+            let cid = self.id(&c.id, "connection id")?;
+            if !conn_ids.insert(cid.clone()) {
+                return self.err(
+                    c.id.span(),
+                    format!("duplicate connection id `{cid}` in provider `{id}`"),
+                );
+            }
+            if c.keys.get_ref().is_empty() {
+                return self.err(
+                    c.keys.span(),
+                    format!("connection `{id}/{cid}` needs at least one key"),
+                );
+            }
+            let mut key_ids = HashSet::new();
+            let mut keys = Vec::with_capacity(c.keys.get_ref().len());
+            for entry in c.keys.into_inner() {
+                let entry_span = entry.span();
+                let (key_id, reference, weight) = match entry.into_inner() {
+                    KeyEntry::Ref(r) => (None, Spanned::new(entry_span, r), 1),
+                    KeyEntry::Table(t) => (t.id, t.key, t.weight),
+                };
+                let key_id = match &key_id {
+                    Some(k) => self.id(k, "key id")?,
+                    None => secret::reference_name(reference.get_ref()).to_string(),
+                };
+                let span = reference.span();
+                if !key_ids.insert(key_id.clone()) {
+                    return self.err(
+                        span,
+                        format!(
+                            "duplicate key id `{key_id}` in connection `{id}/{cid}`; give keys distinct ids"
+                        ),
+                    );
+                }
+                if weight == 0 {
+                    return self.err(span, "key weight must be at least 1");
+                }
+                keys.push(ApiKey {
+                    id: key_id,
+                    secret: self.secret(&reference)?,
+                    weight,
+                });
+            }
+            connections.push(Arc::new(Connection {
+                provider: id.clone(),
+                id: cid,
+                keys,
+            }));
+        }
+        Ok(Provider {
+            anthropic_version: p
+                .anthropic_version
+                .unwrap_or_else(|| "2023-06-01".to_string()),
+            id,
+            kind,
+            base_url,
+            models: p.models,
+            connections,
+        })
+    }
+
+    fn base_url(&self, s: &Spanned<String>) -> Result<BaseUrl, ConfigError> {
+        let fail = |why: &str| {
+            self.err(
+                s.span(),
+                format!(
+                    "base_url `{}` {why}; write e.g. \"https://api.openai.com/v1\"",
+                    s.get_ref()
+                ),
+            )
+        };
+        let uri: Uri = match s.get_ref().parse() {
+            Ok(u) => u,
+            Err(_) => return fail("is not a valid URL"),
+        };
+        let scheme = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
+            _ => return fail("must start with http:// or https://"),
+        };
+        let Some(authority) = uri.authority().cloned() else {
+            return fail("has no host");
+        };
+        if authority.as_str().contains('@') {
+            return fail("must not carry credentials");
+        }
+        if uri.query().is_some() {
+            return fail("must not have a query string");
+        }
+        Ok(BaseUrl {
+            scheme,
+            authority,
+            path: uri.path().trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,94 @@
+use super::*;
+
+fn parse_str(text: &str) -> Result<Config, ConfigError> {
+    parse(Path::new("keyway.toml"), text)
+}
+
+const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:8787"
+
+[auth]
+allow_unauthenticated = true
+
+[[provider]]
+id = "openai"
+kind = "openai"
+base_url = "https://api.openai.com/v1/"
+models = ["gpt-4o"]
+
+[[provider.connection]]
+id = "main"
+keys = ["env:KEYWAY_TEST_CFG_KEY", { id = "second", key = "env:KEYWAY_TEST_CFG_KEY", weight = 3 }]
+"#;
+
+fn with_env() {
+    std::env::set_var("KEYWAY_TEST_CFG_KEY", "sk-test-config-secret-000000000");
+}
+
+#[test]
+fn parses_a_full_config_into_the_internal_shape() {
+    with_env();
+    let c = parse_str(MINIMAL).unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:8787".parse().unwrap());
+    assert!(c.auth.allow_unauthenticated);
+    let p = &c.providers[0];
+    assert_eq!(p.kind, ProviderKind::OpenAi);
+    assert_eq!(p.base_url.path, "/v1");
+    assert_eq!(
+        p.base_url.join("/chat/completions").unwrap().to_string(),
+        "https://api.openai.com/v1/chat/completions"
+    );
+    let keys = &p.connections[0].keys;
+    assert_eq!(keys[0].id, "KEYWAY_TEST_CFG_KEY");
+    assert_eq!((keys[1].id.as_str(), keys[1].weight), ("second", 3));
+    assert_eq!(c.timeouts, Timeouts::default());
+}
+
+fn expect_err(text: &str) -> String {
+    with_env();
+    parse_str(text).unwrap_err().to_string()
+}
+
+#[test]
+fn unknown_fields_are_located() {
+    let e = expect_err(&MINIMAL.replace("models =", "modles ="));
+    assert!(e.starts_with("keyway.toml:12:1:"), "{e}");
+    assert!(e.contains("modles"), "{e}");
+}
+
+#[test]
+fn literal_secrets_are_refused_with_location() {
+    let e = expect_err(&MINIMAL.replace("\"env:KEYWAY_TEST_CFG_KEY\", {", "\"sk-literal\", {"));
+    assert!(e.starts_with("keyway.toml:16:9:"), "{e}");
+    assert!(e.contains("env:NAME"), "{e}");
+    assert!(!e.contains("sk-literal"), "{e}");
+}
+
+#[test]
+fn missing_env_vars_name_the_variable() {
+    let e =
+        expect_err(&MINIMAL.replace("\"env:KEYWAY_TEST_CFG_KEY\", {", "\"env:KEYWAY_NOPE\", {"));
+    assert!(e.contains("KEYWAY_NOPE") && e.contains("not set"), "{e}");
+}
+
+#[test]
+fn bad_urls_and_duplicates_are_errors() {
+    let e = expect_err(&MINIMAL.replace("https://api.openai.com/v1/", "ftp://x"));
+    assert!(
+        e.starts_with("keyway.toml:11:12:") && e.contains("http://"),
+        "{e}"
+    );
+    let dup = format!(
+        "{MINIMAL}\n{}",
+        &MINIMAL[MINIMAL.find("[[provider]]").unwrap()..]
+    );
+    let e = expect_err(&dup);
+    assert!(e.contains("duplicate provider id `openai`"), "{e}");
+}
+
+#[test]
+fn auth_must_be_explicit() {
+    let e = expect_err(&MINIMAL.replace("allow_unauthenticated = true", ""));
+    assert!(e.contains("allow_unauthenticated = true"), "{e}");
+}

@@ -1,0 +1,69 @@
+//! API formats: which wire format a client request uses and which provider kinds speak it.
+//! This is the one seam where OpenAI ⇄ Anthropic translation will plug in.
+
+use std::fmt;
+
+use crate::config::ProviderKind;
+
+/// The API format of a client request, fixed by the endpoint it called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiFormat {
+    /// `POST /v1/chat/completions`
+    OpenAiChat,
+    /// `POST /v1/completions`
+    OpenAiCompletions,
+    /// `POST /v1/embeddings`
+    OpenAiEmbeddings,
+    /// `POST /v1/messages` (Anthropic Messages)
+    AnthropicMessages,
+}
+
+impl ApiFormat {
+    /// The path appended to a provider's `base_url`.
+    pub fn upstream_path(self) -> &'static str {
+        match self {
+            ApiFormat::OpenAiChat => "/chat/completions",
+            ApiFormat::OpenAiCompletions => "/completions",
+            ApiFormat::OpenAiEmbeddings => "/embeddings",
+            ApiFormat::AnthropicMessages => "/messages",
+        }
+    }
+
+    /// Whether a provider of `kind` accepts this format without translation.
+    pub fn spoken_by(self, kind: ProviderKind) -> bool {
+        match self {
+            ApiFormat::AnthropicMessages => kind == ProviderKind::Anthropic,
+            _ => kind != ProviderKind::Anthropic,
+        }
+    }
+
+    /// The error and stream-terminator dialect clients of this format expect.
+    pub fn dialect(self) -> Dialect {
+        match self {
+            ApiFormat::AnthropicMessages => Dialect::Anthropic,
+            _ => Dialect::OpenAi,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiFormat::OpenAiChat => "chat.completions",
+            ApiFormat::OpenAiCompletions => "completions",
+            ApiFormat::OpenAiEmbeddings => "embeddings",
+            ApiFormat::AnthropicMessages => "messages",
+        }
+    }
+}
+
+impl fmt::Display for ApiFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How errors and stream terminators are shaped for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    Anthropic,
+}

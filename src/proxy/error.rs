@@ -1,0 +1,167 @@
+//! Client-visible errors. Each variant's doc states its status; [`ProxyError::into_response`]
+//! renders it in the caller's API dialect (OpenAI or Anthropic error shape).
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use serde_json::json;
+
+use super::body::{self, ProxyBody};
+use crate::format::Dialect;
+use crate::routing::RouteError;
+use crate::upstream::UpstreamError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// 404
+    #[error("unknown path `{0}`; Keyway serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages and /v1/models")]
+    NotFound(String),
+    /// 405 with `Allow`.
+    #[error("method {method} is not allowed on {path}; use {allow}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: &'static str,
+    },
+    /// 401
+    #[error("missing or invalid API key; send `Authorization: Bearer <key>` or `x-api-key: <key>` with a key configured in [auth]")]
+    Unauthorized,
+    /// 413
+    #[error("request body exceeds the {limit}-byte limit")]
+    BodyTooLarge { limit: u64 },
+    /// 408
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    /// 400
+    #[error("could not read request body: {0}")]
+    BodyRead(String),
+    /// 400
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// 400
+    #[error(
+        "request body has no `model` field; name a model such as \"gpt-4o\" or \"provider/model\""
+    )]
+    MissingModel,
+    /// 400
+    #[error("`model` must be a string")]
+    ModelNotString,
+    /// 404 (unknown model) or 400 (format mismatch).
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// 502 (network) or 504 (timeout); names the provider, never a key.
+    #[error("upstream provider `{provider}` failed: {source}")]
+    Upstream {
+        provider: String,
+        #[source]
+        source: UpstreamError,
+    },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BodyRead(_)
+            | ProxyError::InvalidJson(_)
+            | ProxyError::MissingModel
+            | ProxyError::ModelNotString => StatusCode::BAD_REQUEST,
+            ProxyError::Route(RouteError::UnknownModel(_)) => StatusCode::NOT_FOUND,
+            ProxyError::Route(RouteError::FormatMismatch { .. }) => StatusCode::BAD_REQUEST,
+            ProxyError::Upstream { source, .. } => match source {
+                UpstreamError::HeadersTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                UpstreamError::Network(_) => StatusCode::BAD_GATEWAY,
+                UpstreamError::Build(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    /// OpenAI's machine-readable `code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NotFound(_) => "unknown_url",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::Unauthorized => "invalid_api_key",
+            ProxyError::BodyTooLarge { .. } => "request_too_large",
+            ProxyError::BodyTimeout(_) => "request_timeout",
+            ProxyError::BodyRead(_) => "invalid_body",
+            ProxyError::InvalidJson(_) => "invalid_json",
+            ProxyError::MissingModel => "missing_model",
+            ProxyError::ModelNotString => "invalid_model",
+            ProxyError::Route(RouteError::UnknownModel(_)) => "model_not_found",
+            ProxyError::Route(RouteError::FormatMismatch { .. }) => "unsupported_format",
+            ProxyError::Upstream { source, .. } => match source {
+                UpstreamError::HeadersTimeout(_) => "upstream_timeout",
+                UpstreamError::Network(_) => "upstream_unreachable",
+                UpstreamError::Build(_) => "internal_error",
+            },
+        }
+    }
+
+    pub fn into_response(self, dialect: Dialect) -> Response<ProxyBody> {
+        let status = self.status();
+        let mut resp = error_response(dialect, status, self.code(), &self.to_string());
+        if let ProxyError::MethodNotAllowed { allow, .. } = self {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        resp
+    }
+}
+
+/// The error `type` each dialect uses for a status.
+fn error_type(dialect: Dialect, status: StatusCode) -> &'static str {
+    match (dialect, status.as_u16()) {
+        (Dialect::OpenAi, 401) => "authentication_error",
+        (Dialect::OpenAi, 429) => "rate_limit_error",
+        (Dialect::OpenAi, 400..=499) => "invalid_request_error",
+        (Dialect::OpenAi, _) => "api_error",
+        (Dialect::Anthropic, 401) => "authentication_error",
+        (Dialect::Anthropic, 403) => "permission_error",
+        (Dialect::Anthropic, 404) => "not_found_error",
+        (Dialect::Anthropic, 413) => "request_too_large",
+        (Dialect::Anthropic, 429) => "rate_limit_error",
+        (Dialect::Anthropic, 400..=499) => "invalid_request_error",
+        (Dialect::Anthropic, 529) => "overloaded_error",
+        (Dialect::Anthropic, _) => "api_error",
+    }
+}
+
+/// The JSON error body in the dialect's shape.
+pub fn error_json(
+    dialect: Dialect,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> serde_json::Value {
+    let kind = error_type(dialect, status);
+    match dialect {
+        Dialect::OpenAi => json!({
+            "error": { "message": message, "type": kind, "param": null, "code": code }
+        }),
+        Dialect::Anthropic => json!({
+            "type": "error",
+            "error": { "type": kind, "message": message }
+        }),
+    }
+}
+
+/// A complete JSON error response in the dialect's shape.
+pub fn error_response(
+    dialect: Dialect,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> Response<ProxyBody> {
+    let body = error_json(dialect, status, code, message).to_string();
+    let mut resp = Response::new(body::full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

@@ -1,0 +1,197 @@
+//! Request parsing: endpoint from method and path, body read under limits, and the few
+//! fields Keyway needs (`model`, `stream`) located without re-serialising the body, so the
+//! bytes sent upstream are the client's own (provider prompt caches depend on that).
+
+use std::ops::Range;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, Method};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::error::ProxyError;
+use crate::format::{ApiFormat, Dialect};
+
+/// What the client asked for, from method and path alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Api(ApiFormat),
+    Models,
+}
+
+/// The error dialect for a path, known before the request is otherwise valid.
+pub fn dialect_for_path(path: &str) -> Dialect {
+    if path.starts_with("/v1/messages") {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    }
+}
+
+pub fn endpoint(method: &Method, path: &str) -> Result<Endpoint, ProxyError> {
+    let (endpoint, allowed) = match path.trim_end_matches('/') {
+        "/v1/chat/completions" => (Endpoint::Api(ApiFormat::OpenAiChat), Method::POST),
+        "/v1/completions" => (Endpoint::Api(ApiFormat::OpenAiCompletions), Method::POST),
+        "/v1/embeddings" => (Endpoint::Api(ApiFormat::OpenAiEmbeddings), Method::POST),
+        "/v1/messages" => (Endpoint::Api(ApiFormat::AnthropicMessages), Method::POST),
+        "/v1/models" => (Endpoint::Models, Method::GET),
+        _ => return Err(ProxyError::NotFound(path.to_string())),
+    };
+    if *method == allowed || (allowed == Method::GET && *method == Method::HEAD) {
+        Ok(endpoint)
+    } else {
+        Err(ProxyError::MethodNotAllowed {
+            method: method.to_string(),
+            path: path.to_string(),
+            allow: if allowed == Method::GET {
+                "GET"
+            } else {
+                "POST"
+            },
+        })
+    }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes or a body slower than `timeout`.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: u64,
+    timeout: Duration,
+) -> Result<Bytes, ProxyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(ProxyError::BodyTimeout(timeout)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::BodyTooLarge { limit })
+        }
+        Ok(Err(e)) => Err(ProxyError::BodyRead(e.to_string())),
+    }
+}
+
+/// The client's body with the fields Keyway reads.
+#[derive(Debug, Clone)]
+pub struct ParsedBody {
+    pub model: String,
+    pub stream: bool,
+    /// Byte range of the `model` value (including its quotes) in `raw`.
+    model_span: Range<usize>,
+    raw: Bytes,
+}
+
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stream: Option<&'a RawValue>,
+}
+
+impl ParsedBody {
+    pub fn parse(raw: Bytes) -> Result<Self, ProxyError> {
+        let text = std::str::from_utf8(&raw)
+            .map_err(|e| ProxyError::InvalidJson(format!("not UTF-8: {e}")))?;
+        let probe: Probe<'_> =
+            serde_json::from_str(text).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
+        let model_raw = probe.model.ok_or(ProxyError::MissingModel)?;
+        let model: String =
+            serde_json::from_str(model_raw.get()).map_err(|_| ProxyError::ModelNotString)?;
+        if model.is_empty() {
+            return Err(ProxyError::MissingModel);
+        }
+        // The RawValue borrows from `text`, so its position is its offset in the body.
+        let start = model_raw.get().as_ptr() as usize - text.as_ptr() as usize;
+        let model_span = start..start + model_raw.get().len();
+        let stream = probe.stream.is_some_and(|v| v.get() == "true");
+        Ok(Self {
+            model,
+            stream,
+            model_span,
+            raw,
+        })
+    }
+
+    /// The body to send for `target_model`: the client's exact bytes when the name is
+    /// unchanged, otherwise the same bytes with only the `model` value replaced.
+    pub fn body_for(&self, target_model: &str) -> Bytes {
+        if target_model == self.model {
+            return self.raw.clone();
+        }
+        let quoted = serde_json::Value::from(target_model).to_string();
+        let mut out = BytesMut::with_capacity(self.raw.len() + quoted.len());
+        out.extend_from_slice(&self.raw[..self.model_span.start]);
+        out.extend_from_slice(quoted.as_bytes());
+        out.extend_from_slice(&self.raw[self.model_span.end..]);
+        out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_rewrite_keeps_every_other_byte() {
+        let raw = br#"{ "messages":[{"role":"user","content":"model"}],
+            "model" :  "gpt-4o" , "stream":true ,"x":{"model":"inner"}}"#;
+        let p = ParsedBody::parse(Bytes::from_static(raw)).unwrap();
+        assert_eq!(p.model, "gpt-4o");
+        assert!(p.stream);
+        assert_eq!(p.body_for("gpt-4o"), Bytes::from_static(raw));
+        let out = p.body_for("gpt-4o-2024-08-06");
+        let expected =
+            String::from_utf8_lossy(raw).replace(r#""gpt-4o""#, r#""gpt-4o-2024-08-06""#);
+        assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
+    }
+
+    #[test]
+    fn escaped_model_names_round_trip() {
+        let p = ParsedBody::parse(Bytes::from_static(br#"{"model":"a\u002fb"}"#)).unwrap();
+        assert_eq!(p.model, "a/b");
+        assert_eq!(&p.body_for("c\"d")[..], br#"{"model":"c\"d"}"#);
+    }
+
+    #[test]
+    fn bad_bodies_are_rejected() {
+        let parse =
+            |s: &'static str| ParsedBody::parse(Bytes::from_static(s.as_bytes())).unwrap_err();
+        assert!(matches!(parse("{"), ProxyError::InvalidJson(_)));
+        assert!(matches!(parse("[1]"), ProxyError::InvalidJson(_)));
+        assert!(matches!(parse("{}"), ProxyError::MissingModel));
+        assert!(matches!(
+            parse(r#"{"model":3}"#),
+            ProxyError::ModelNotString
+        ));
+        assert!(matches!(
+            parse(r#"{"model":"a","model":"b"}"#),
+            ProxyError::InvalidJson(_)
+        ));
+    }
+
+    #[test]
+    fn endpoints_and_methods() {
+        assert_eq!(
+            endpoint(&Method::POST, "/v1/chat/completions").unwrap(),
+            Endpoint::Api(ApiFormat::OpenAiChat)
+        );
+        assert!(matches!(
+            endpoint(&Method::GET, "/v1/chat/completions"),
+            Err(ProxyError::MethodNotAllowed { .. })
+        ));
+        assert!(matches!(
+            endpoint(&Method::GET, "/nope"),
+            Err(ProxyError::NotFound(_))
+        ));
+    }
+}

@@ -1,0 +1,148 @@
+//! The outbound side: one pooled hyper client (HTTP/1.1, rustls) and the request builder
+//! that injects a provider's auth, strips hop-by-hop and client-credential headers, and
+//! rewrites nothing else. The outbound host always comes from config.
+
+mod headers;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{ApiKey, Provider, ProviderKind, Timeouts};
+use crate::format::ApiFormat;
+
+pub use headers::{filter_response_headers, is_hop_by_hop};
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Why an upstream call produced no response headers. Never carries a key.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// 504: no response headers within `timeouts.upstream_headers`.
+    #[error("no response headers within {0:?}")]
+    HeadersTimeout(Duration),
+    /// 502: connect failed, TLS failed, or the connection was reset.
+    #[error("{0}")]
+    Network(String),
+    /// 500: the request could not be built (should not happen with a validated config).
+    #[error("cannot build upstream request: {0}")]
+    Build(String),
+}
+
+/// The shared outbound client.
+#[derive(Clone)]
+pub struct Upstream {
+    client: HttpClient,
+    headers_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(timeouts: &Timeouts) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeouts.upstream_connect));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Self {
+            client,
+            headers_timeout: timeouts.upstream_headers,
+        }
+    }
+
+    /// Sends the request and waits for response headers (bounded). Dropping the returned
+    /// future drops the upstream request and its connection.
+    pub async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(self.headers_timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::HeadersTimeout(self.headers_timeout)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(UpstreamError::Network(describe(&e))),
+        }
+    }
+}
+
+/// A readable cause chain for a client error ("connection refused", "tls handshake eof").
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    let mut msg = if e.is_connect() {
+        "connect failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+/// Builds the outbound request for `provider`: URL from config, the provider's auth for
+/// `key`, the client's headers minus hop-by-hop and credential headers, and `body` as is.
+pub fn build_request(
+    provider: &Provider,
+    format: ApiFormat,
+    key: &ApiKey,
+    client_headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, UpstreamError> {
+    let uri = provider
+        .base_url
+        .join(format.upstream_path())
+        .map_err(|e| UpstreamError::Build(e.to_string()))?;
+    let mut req = Request::post(uri)
+        .body(Full::new(body))
+        .map_err(|e| UpstreamError::Build(e.to_string()))?;
+    let headers = req.headers_mut();
+    headers::copy_request_headers(client_headers, headers);
+    let secret = key.secret.expose();
+    let auth = |v: String| {
+        let mut v = HeaderValue::try_from(v).map_err(|_| {
+            UpstreamError::Build(format!("key `{}` is not a valid header value", key.id))
+        })?;
+        v.set_sensitive(true);
+        Ok::<_, UpstreamError>(v)
+    };
+    match provider.kind {
+        ProviderKind::Anthropic => {
+            headers.insert("x-api-key", auth(secret.to_string())?);
+            if !headers.contains_key("anthropic-version") {
+                let v = HeaderValue::try_from(provider.anthropic_version.as_str())
+                    .map_err(|e| UpstreamError::Build(e.to_string()))?;
+                headers.insert("anthropic-version", v);
+            }
+        }
+        ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => {
+            headers.insert(header::AUTHORIZATION, auth(format!("Bearer {secret}"))?);
+        }
+    }
+    headers.insert(header::HOST, host_value(&provider.base_url.authority)?);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(req)
+}
+
+fn host_value(authority: &http::uri::Authority) -> Result<HeaderValue, UpstreamError> {
+    HeaderValue::try_from(authority.as_str()).map_err(|e| UpstreamError::Build(e.to_string()))
+}

@@ -1,0 +1,108 @@
+"""End-to-end check with the official OpenAI and Anthropic Python SDKs, as a user would
+run them: Keyway over TLS (certificate from `trustme`) in front of the mock upstream.
+
+Usage: e2e.py KEYWAY_BIN MOCK_BIN
+"""
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import anthropic
+import httpx
+import httpx2
+import openai
+import trustme
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(keyway_bin, mock_bin):
+    tmp = tempfile.mkdtemp(prefix="keyway-sdk-")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(os.path.join(tmp, "server.pem"))
+    ca.cert_pem.write_to_path(os.path.join(tmp, "ca.pem"))
+    mock_port, port = free_port(), free_port()
+    with open(os.path.join(tmp, "keyway.toml"), "w") as f:
+        f.write(f"""
+[server]
+listen = "127.0.0.1:{port}"
+tls = {{ cert = "server.pem", key = "server.pem" }}
+[auth]
+clients = [{{ name = "sdk", key = "env:E2E_CLIENT_KEY" }}]
+[[provider]]
+id = "openai"
+kind = "openai"
+base_url = "http://127.0.0.1:{mock_port}/v1"
+models = ["gpt-4o", "text-embedding-3-small"]
+[[provider.connection]]
+id = "main"
+keys = ["env:E2E_OPENAI_KEY"]
+[[provider]]
+id = "anthropic"
+kind = "anthropic"
+base_url = "http://127.0.0.1:{mock_port}/v1"
+models = ["claude-3-5-sonnet"]
+[[provider.connection]]
+id = "main"
+keys = ["env:E2E_ANTHROPIC_KEY"]
+""")
+    env = dict(os.environ, RUST_LOG="warn", E2E_CLIENT_KEY="sdk-client-key", E2E_OPENAI_KEY="sk-e2e-openai",
+               E2E_ANTHROPIC_KEY="sk-ant-e2e")
+    procs = [
+        subprocess.Popen([mock_bin, "--listen", f"127.0.0.1:{mock_port}", "--chunks", "6", "--pacing-ms", "10"],
+                         stdout=subprocess.DEVNULL),
+        subprocess.Popen([keyway_bin, "run", "--config", os.path.join(tmp, "keyway.toml")], env=env),
+    ]
+    try:
+        ca_file = os.path.join(tmp, "ca.pem")
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        oai = openai.OpenAI(base_url=f"https://localhost:{port}/v1", api_key="sdk-client-key",
+                            http_client=httpx.Client(verify=ca_file), max_retries=0)
+        chunks = [c.choices[0].delta.content for c in oai.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices and c.choices[0].delta.content]
+        assert chunks == [f"tok{i} " for i in range(6)], chunks
+        reply = oai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content.startswith("tok0"), reply
+        assert oai.embeddings.create(model="text-embedding-3-small", input="x").data[0].embedding == [0.1, 0.2, 0.3]
+        assert [m.id for m in oai.models.list()][:1] == ["gpt-4o"]
+        try:
+            oai.chat.completions.create(model="no-such-model", messages=[])
+            raise AssertionError("unknown model accepted")
+        except openai.NotFoundError as e:
+            assert e.body["code"] == "model_not_found", e.body
+        try:
+            openai.OpenAI(base_url=f"https://localhost:{port}/v1", api_key="wrong",
+                          http_client=httpx.Client(verify=ca_file), max_retries=0).models.list()
+            raise AssertionError("wrong key accepted")
+        except openai.AuthenticationError:
+            pass
+        ant = anthropic.Anthropic(base_url=f"https://localhost:{port}", api_key="sdk-client-key",
+                                  http_client=httpx2.Client(verify=ca_file), max_retries=0)
+        with ant.messages.stream(model="claude-3-5-sonnet", max_tokens=64,
+                                 messages=[{"role": "user", "content": "hi"}]) as s:
+            text = "".join(s.text_stream)
+        assert text == "".join(f"tok{i} " for i in range(6)), text
+        msg = ant.messages.create(model="claude-3-5-sonnet", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+        assert msg.content[0].text.startswith("tok0"), msg
+        print("sdk e2e: 7 passed, 0 failed")
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

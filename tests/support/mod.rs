@@ -1,0 +1,21 @@
+//! Test support: the mock upstream, generated certificates, and an in-process Keyway.
+#![allow(dead_code, unused_imports)]
+
+pub mod certs;
+pub mod mock;
+pub mod proxy;
+
+pub use mock::{MockUpstream, Reply};
+pub use proxy::TestProxy;
+
+/// A small chat request body.
+pub fn chat(model: &str) -> serde_json::Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// A small streamed chat request body.
+pub fn chat_stream(model: &str) -> serde_json::Value {
+    let mut v = chat(model);
+    v["stream"] = serde_json::Value::Bool(true);
+    v
+}

@@ -1,0 +1,224 @@
+//! An in-process Keyway for tests: written as a real config file (secrets as `file:`
+//! references in a temp dir), bound to 127.0.0.1:0, served over real sockets.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+use super::certs::TestCert;
+
+struct ProviderSpec {
+    id: String,
+    kind: String,
+    base_url: String,
+    models: Vec<String>,
+    connections: Vec<(String, Vec<String>)>,
+}
+
+#[derive(Default)]
+pub struct TestProxyBuilder {
+    providers: Vec<ProviderSpec>,
+    clients: Vec<(String, String)>,
+    tls: bool,
+    timeouts: Vec<(String, String)>,
+    max_body: Option<u64>,
+}
+
+impl TestProxyBuilder {
+    /// A provider with one connection `main` holding `keys` (secret values).
+    pub fn provider(
+        mut self,
+        id: &str,
+        kind: &str,
+        base_url: &str,
+        models: &[&str],
+        keys: &[&str],
+    ) -> Self {
+        self.providers.push(ProviderSpec {
+            id: id.into(),
+            kind: kind.into(),
+            base_url: base_url.into(),
+            models: models.iter().map(|s| s.to_string()).collect(),
+            connections: vec![("main".into(), keys.iter().map(|s| s.to_string()).collect())],
+        });
+        self
+    }
+
+    pub fn client(mut self, name: &str, key: &str) -> Self {
+        self.clients.push((name.into(), key.into()));
+        self
+    }
+
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    /// Sets `[timeouts] name = "value"`.
+    pub fn timeout(mut self, name: &str, value: &str) -> Self {
+        self.timeouts.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn max_body(mut self, bytes: u64) -> Self {
+        self.max_body = Some(bytes);
+        self
+    }
+
+    /// Writes the config and returns its text and the dir (for tests of `config` itself).
+    pub fn write(&self) -> (TempDir, std::path::PathBuf, Option<TestCert>) {
+        let dir = tempfile::tempdir().unwrap();
+        let keydir = dir.path().join("keys");
+        std::fs::create_dir_all(&keydir).unwrap();
+        let mut toml = String::from("[server]\nlisten = \"127.0.0.1:0\"\n");
+        if let Some(n) = self.max_body {
+            writeln!(toml, "max_body_bytes = {n}").unwrap();
+        }
+        let cert = self.tls.then(|| TestCert::generate(dir.path(), "server"));
+        if let Some(c) = &cert {
+            writeln!(
+                toml,
+                "tls = {{ cert = {:?}, key = {:?} }}",
+                c.cert_path, c.key_path
+            )
+            .unwrap();
+        }
+        if !self.timeouts.is_empty() {
+            toml.push_str("\n[timeouts]\n");
+            for (k, v) in &self.timeouts {
+                writeln!(toml, "{k} = {v:?}").unwrap();
+            }
+        }
+        toml.push_str("\n[auth]\n");
+        if self.clients.is_empty() {
+            toml.push_str("allow_unauthenticated = true\n");
+        } else {
+            toml.push_str("clients = [\n");
+            for (name, key) in &self.clients {
+                let file = format!("client-{name}");
+                std::fs::write(keydir.join(&file), key).unwrap();
+                writeln!(toml, "  {{ name = {name:?}, key = \"file:keys/{file}\" }},").unwrap();
+            }
+            toml.push_str("]\n");
+        }
+        for p in &self.providers {
+            writeln!(
+                toml,
+                "\n[[provider]]\nid = {:?}\nkind = {:?}\nbase_url = {:?}\nmodels = {:?}",
+                p.id, p.kind, p.base_url, p.models
+            )
+            .unwrap();
+            for (cid, keys) in &p.connections {
+                writeln!(toml, "\n[[provider.connection]]\nid = {cid:?}\nkeys = [").unwrap();
+                for (i, key) in keys.iter().enumerate() {
+                    let file = format!("{}-{cid}-{i}", p.id);
+                    std::fs::write(keydir.join(&file), key).unwrap();
+                    writeln!(toml, "  {{ id = \"k{i}\", key = \"file:keys/{file}\" }},").unwrap();
+                }
+                toml.push_str("]\n");
+            }
+        }
+        let path = dir.path().join("keyway.toml");
+        std::fs::write(&path, toml).unwrap();
+        (dir, path, cert)
+    }
+
+    pub async fn start(self) -> TestProxy {
+        keyway::install_crypto_provider();
+        let (dir, path, cert) = self.write();
+        let config = Arc::new(keyway::config::load(&path).unwrap_or_else(|e| panic!("{e}")));
+        let server = keyway::server::Server::bind(config).await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        TestProxy {
+            addr,
+            dir,
+            cert,
+            client_key: self.clients.first().map(|c| c.1.clone()),
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+}
+
+/// A running Keyway.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    pub cert: Option<TestCert>,
+    pub client_key: Option<String>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+impl TestProxy {
+    pub fn builder() -> TestProxyBuilder {
+        TestProxyBuilder::default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        let scheme = if self.cert.is_some() { "https" } else { "http" };
+        format!("{scheme}://localhost:{}{path}", self.addr.port())
+    }
+
+    /// A client that trusts this proxy's certificate and resolves `localhost` to it.
+    pub fn http_builder(&self) -> reqwest::ClientBuilder {
+        let mut b = reqwest::Client::builder()
+            .resolve("localhost", self.addr)
+            .no_proxy();
+        if let Some(c) = &self.cert {
+            b = b
+                .add_root_certificate(
+                    reqwest::Certificate::from_pem(c.cert_pem.as_bytes()).unwrap(),
+                )
+                .tls_built_in_root_certs(false)
+                .https_only(true);
+        }
+        b
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        self.http_builder().build().unwrap()
+    }
+
+    /// POST with the first configured client key.
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http().post(self.url(path));
+        match &self.client_key {
+            Some(k) => req.bearer_auth(k),
+            None => req,
+        }
+    }
+
+    /// Signals shutdown and waits for the server to finish draining.
+    pub async fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("already shut down")
+    }
+}
