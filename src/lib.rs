@@ -2,18 +2,24 @@
 //!
 //! A request flows through the modules in this order:
 //! [`server`] accepts (TLS, HTTP/1.1 and HTTP/2) → [`proxy`] authenticates the client,
-//! reads and parses the body (`model`, `stream`) → [`routing`] resolves the model to
-//! provider/model targets → [`keys`] picks a key of the target's connection → [`upstream`]
-//! forwards it (auth injected, bytes untouched but for `model`) → [`proxy`] relays the
-//! response, streaming SSE frame by frame. [`config`] turns `keyway.toml` into the
-//! validated [`config::Config`] everything else reads.
+//! reads and parses the body (`model`, `stream`) → the [`policy`]'s `route` hook orders
+//! candidate targets ([`routing`]: aliases, wildcards by specificity) → the attempt loop
+//! asks `select_key` for a key ([`keys`] rotators skip keys [`quota`] has locked) →
+//! [`upstream`] forwards (auth injected, bytes untouched but for `model`) → the response
+//! is classified ([`outcome`]) and `on_outcome` returns it or moves on → [`proxy`] relays
+//! it, streaming SSE event by event. [`config`] turns `keyway.toml` into the validated
+//! [`config::Config`]; [`runtime`] holds the long-lived state and the current snapshot.
 
 pub mod cli;
 pub mod config;
 pub mod format;
 pub mod keys;
+pub mod outcome;
+pub mod policy;
 pub mod proxy;
+pub mod quota;
 pub mod routing;
+pub mod runtime;
 pub mod server;
 pub mod upstream;
 

@@ -195,7 +195,10 @@ async fn unreachable_upstream_is_502_naming_the_provider() {
         .to_string();
     assert!(trace.contains("network"), "{trace}");
     let m = openai_error(resp, 502, "upstream_unreachable").await;
-    assert!(m.contains("`openai`") && m.contains("connect"), "{m}");
+    assert!(
+        m.contains("openai/gpt-4o main/k0") && m.contains("Connection refused"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -214,5 +217,8 @@ async fn upstream_without_headers_in_time_is_504() {
     .unwrap()
     .unwrap();
     let m = openai_error(resp, 504, "upstream_timeout").await;
-    assert!(m.contains("`openai`") && m.contains("500ms"), "{m}");
+    assert!(
+        m.contains("openai/gpt-4o main/k0") && m.contains("500ms"),
+        "{m}"
+    );
 }

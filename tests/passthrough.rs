@@ -270,20 +270,27 @@ async fn request_fields_and_headers_never_steer_the_outbound_call() {
 }
 
 #[tokio::test]
-async fn upstream_errors_pass_through_with_status_and_body() {
+async fn client_errors_from_the_upstream_pass_through_unchanged() {
     let mock = MockUpstream::start().await;
-    mock.push(Reply::status(429).retry_after(7).body(
-        r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#,
-    ));
-    let proxy = openai_proxy(&mock, &["sk-a"]).await;
+    let body = r#"{"error":{"message":"temperature must be <= 2","type":"invalid_request_error","code":"bad_temperature"}}"#;
+    mock.push(
+        Reply::status(400)
+            .header("x-request-id", "req_123")
+            .body(body),
+    );
+    let proxy = openai_proxy(&mock, &["sk-a", "sk-b"]).await;
     let resp = proxy
         .post("/v1/chat/completions")
         .json(&chat("gpt-4o"))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 429);
-    assert_eq!(resp.headers()["retry-after"], "7");
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["x-request-id"], "req_123");
+    assert_eq!(resp.text().await.unwrap(), body);
+    assert_eq!(
+        mock.received().len(),
+        1,
+        "a client error is not retried on another key"
+    );
 }

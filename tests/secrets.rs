@@ -82,7 +82,7 @@ async fn secrets_never_reach_logs_or_error_bodies() {
     for r in requests {
         let resp = r.send().await.unwrap();
         let head = format!("{:?}", resp.headers());
-        bodies.push(head + &resp.text().await.unwrap_or_default());
+        bodies.push(head + resp.text().await.unwrap_or_default().as_str());
     }
     // Upstream unreachable: the connect error is logged and answered.
     let resp = proxy

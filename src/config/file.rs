@@ -14,8 +14,28 @@ pub(super) struct FileConfig {
     pub timeouts: TimeoutsSection,
     pub admin: Option<AdminSection>,
     pub auth: Spanned<AuthSection>,
+    #[serde(default)]
+    pub policy: PolicySection,
     #[serde(default, rename = "provider")]
     pub providers: Vec<ProviderSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PolicySection {
+    pub dir: Option<String>,
+    pub on_error: Option<OnErrorName>,
+    pub max_attempts: Option<Spanned<u32>>,
+    #[serde(default, with = "humantime_serde")]
+    pub call_timeout: Option<Duration>,
+    pub max_operations: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum OnErrorName {
+    Default,
+    Reject,
 }
 
 #[derive(Debug, Deserialize)]

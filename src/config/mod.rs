@@ -18,7 +18,7 @@ use http::Uri;
 
 pub use secret::Secret;
 
-use file::{FileConfig, KeyEntry, ProviderKindName};
+use file::{FileConfig, KeyEntry, OnErrorName, ProviderKindName};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -29,7 +29,31 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub admin: Option<AdminConfig>,
     pub auth: AuthConfig,
+    pub policy: PolicyConfig,
     pub providers: Vec<Arc<Provider>>,
+}
+
+/// How policy scripts are loaded and run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Directory holding `main.rhai`; `None` runs the built-in default policy.
+    pub dir: Option<PathBuf>,
+    pub on_error: OnError,
+    /// Upstream attempts per request, across all candidates and keys.
+    pub max_attempts: u32,
+    /// Wall-clock limit of one hook call.
+    pub call_timeout: Duration,
+    /// Rhai operation limit of one hook call.
+    pub max_operations: u64,
+}
+
+/// What a failing policy call (script error, limit, deadline) leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Use the native default decision for that step.
+    Default,
+    /// Answer 500 with a clear message.
+    Reject,
 }
 
 #[derive(Debug, Clone)]
@@ -288,6 +312,7 @@ impl Validator<'_> {
             }
         };
         let auth = self.auth(raw.auth)?;
+        let policy = self.policy(raw.policy)?;
         let mut providers = Vec::with_capacity(raw.providers.len());
         let mut ids = HashSet::new();
         for p in raw.providers {
@@ -305,7 +330,35 @@ impl Validator<'_> {
             timeouts,
             admin,
             auth,
+            policy,
             providers,
+        })
+    }
+
+    fn policy(&self, raw: file::PolicySection) -> Result<PolicyConfig, ConfigError> {
+        let max_attempts = match raw.max_attempts {
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > 50 => {
+                return self.err(n.span(), "max_attempts must be between 1 and 50")
+            }
+            Some(n) => n.into_inner(),
+            None => 5,
+        };
+        let max_operations = match raw.max_operations {
+            Some(n) if *n.get_ref() < 1_000 => {
+                return self.err(n.span(), "max_operations must be at least 1000")
+            }
+            Some(n) => n.into_inner(),
+            None => 200_000,
+        };
+        Ok(PolicyConfig {
+            dir: raw.dir.map(|d| self.src.base_dir().join(d)),
+            on_error: match raw.on_error {
+                Some(OnErrorName::Reject) => OnError::Reject,
+                Some(OnErrorName::Default) | None => OnError::Default,
+            },
+            max_attempts,
+            call_timeout: raw.call_timeout.unwrap_or(Duration::from_millis(50)),
+            max_operations,
         })
     }
 

@@ -1,50 +1,198 @@
-//! Key pools: per-connection rotation state that outlives any one config or policy snapshot.
-//! Rotation is lock-free: one atomic cursor per connection.
+//! Key pools: per-connection rotation state that outlives config and policy snapshots
+//! (cursors and use counts are carried across reloads by key id). Every rotator skips keys
+//! that are not healthy (locked or cooled) and is lock-free: atomics only.
+
+mod scopes;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use crate::config::{ApiKey, Config, Connection};
 
-/// Rotation state for one connection's keys.
+pub use scopes::Scopes;
+
+/// How to pick a key among a connection's healthy keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// Strict round-robin (the default).
+    RoundRobin,
+    /// Round-robin in proportion to key weights.
+    Weighted,
+    /// The key selected least often so far.
+    LeastUsed,
+    /// The first healthy key in config order: use one key until it is locked.
+    FillFirst,
+    /// Uniformly at random.
+    Random,
+}
+
+impl Rotation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rotation::RoundRobin => "round_robin",
+            Rotation::Weighted => "weighted",
+            Rotation::LeastUsed => "least_used",
+            Rotation::FillFirst => "fill_first",
+            Rotation::Random => "random",
+        }
+    }
+}
+
+/// Per-key counters.
 #[derive(Debug, Default)]
+pub struct KeyStats {
+    /// Times this key was selected.
+    pub selected: AtomicU64,
+}
+
+/// Rotation state for one connection.
+#[derive(Debug)]
 pub struct KeyPool {
     cursor: AtomicU64,
+    /// Aligned with the connection's `keys` in the config this pool was built for.
+    stats: Vec<Arc<KeyStats>>,
 }
 
 impl KeyPool {
-    /// Strict round-robin: the n-th call returns key `n mod len`.
-    pub fn round_robin<'a>(&self, conn: &'a Connection) -> &'a ApiKey {
-        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
-        // `keys` is never empty: config validation guarantees it.
-        &conn.keys[(n % conn.keys.len() as u64) as usize]
+    fn new(conn: &Connection, previous: Option<&KeyPool>, prev_conn: Option<&Connection>) -> Self {
+        let stats = conn
+            .keys
+            .iter()
+            .map(|k| {
+                previous
+                    .zip(prev_conn)
+                    .and_then(|(p, pc)| {
+                        pc.keys
+                            .iter()
+                            .position(|o| o.id == k.id)
+                            .and_then(|i| p.stats.get(i))
+                    })
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        Self {
+            cursor: AtomicU64::new(previous.map_or(0, |p| p.cursor.load(Ordering::Relaxed))),
+            stats,
+        }
+    }
+
+    /// The rotation position (for `/admin/state`).
+    pub fn position(&self) -> u64 {
+        self.cursor.load(Ordering::Relaxed)
+    }
+
+    pub fn selected(&self, index: usize) -> u64 {
+        self.stats
+            .get(index)
+            .map_or(0, |s| s.selected.load(Ordering::Relaxed))
+    }
+
+    /// Picks a key of `conn` with `rotation` among those for which `healthy` holds, and
+    /// returns its index in `conn.keys`.
+    pub fn select(
+        &self,
+        rotation: Rotation,
+        conn: &Connection,
+        healthy: impl Fn(usize, &ApiKey) -> bool,
+    ) -> Option<usize> {
+        let ok = |i: &usize| healthy(*i, &conn.keys[*i]);
+        let n = conn.keys.len();
+        let index = match rotation {
+            Rotation::RoundRobin => {
+                let count = (0..n).filter(ok).count();
+                if count == 0 {
+                    return None;
+                }
+                let turn = self.cursor.fetch_add(1, Ordering::Relaxed) % count as u64;
+                (0..n).filter(ok).nth(turn as usize)
+            }
+            Rotation::Weighted => {
+                let total: u64 = (0..n)
+                    .filter(ok)
+                    .map(|i| u64::from(conn.keys[i].weight))
+                    .sum();
+                if total == 0 {
+                    return None;
+                }
+                let mut turn = self.cursor.fetch_add(1, Ordering::Relaxed) % total;
+                (0..n).filter(ok).find(|&i| {
+                    let w = u64::from(conn.keys[i].weight);
+                    if turn < w {
+                        true
+                    } else {
+                        turn -= w;
+                        false
+                    }
+                })
+            }
+            Rotation::LeastUsed => (0..n).filter(ok).min_by_key(|&i| self.selected(i)),
+            Rotation::FillFirst => (0..n).find(ok),
+            Rotation::Random => {
+                let count = (0..n).filter(ok).count();
+                if count == 0 {
+                    return None;
+                }
+                (0..n).filter(ok).nth(fastrand::usize(..count))
+            }
+        }?;
+        if let Some(s) = self.stats.get(index) {
+            s.selected.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(index)
     }
 }
 
 /// Every connection's [`KeyPool`], by `provider/connection` name.
 #[derive(Debug, Default)]
 pub struct KeyRegistry {
-    pools: HashMap<String, Arc<KeyPool>>,
+    pools: ArcSwap<HashMap<String, Arc<KeyPool>>>,
 }
 
 impl KeyRegistry {
     pub fn new(config: &Config) -> Self {
+        let r = Self::default();
+        r.rebuild(None, config);
+        r
+    }
+
+    /// Builds pools for `config`, carrying cursors and counters over from `previous` for
+    /// connections and keys (by id) that still exist. Removed keys leave rotation at once.
+    pub fn rebuild(&self, previous: Option<&Config>, config: &Config) {
+        let old = self.pools.load();
+        let prev_conns: HashMap<String, &Arc<Connection>> = previous
+            .iter()
+            .flat_map(|c| c.providers.iter())
+            .flat_map(|p| p.connections.iter())
+            .map(|c| (c.name(), c))
+            .collect();
         let pools = config
             .providers
             .iter()
             .flat_map(|p| p.connections.iter())
-            .map(|c| (c.name(), Arc::new(KeyPool::default())))
+            .map(|c| {
+                let name = c.name();
+                let pool = KeyPool::new(
+                    c,
+                    old.get(&name).map(|p| p.as_ref()),
+                    prev_conns.get(&name).map(|c| c.as_ref()),
+                );
+                (name, Arc::new(pool))
+            })
             .collect();
-        Self { pools }
+        self.pools.store(Arc::new(pools));
     }
 
     /// The pool for a connection of the current config.
     pub fn pool(&self, conn: &Connection) -> Arc<KeyPool> {
         self.pools
+            .load()
             .get(&conn.name())
             .cloned()
-            .unwrap_or_else(|| Arc::new(KeyPool::default()))
+            .unwrap_or_else(|| Arc::new(KeyPool::new(conn, None, None)))
     }
 }
 
@@ -53,26 +201,110 @@ mod tests {
     use super::*;
     use crate::config::Secret;
 
-    #[test]
-    fn round_robin_is_exact() {
-        let conn = Connection {
+    fn conn(weights: &[u32]) -> Connection {
+        Connection {
             provider: "p".into(),
             id: "c".into(),
-            keys: (0..3)
-                .map(|i| ApiKey {
+            keys: weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| ApiKey {
                     id: format!("k{i}"),
                     secret: Secret::new(format!("secret-{i}")),
-                    weight: 1,
+                    weight: *w,
                 })
                 .collect(),
-        };
-        let pool = KeyPool::default();
-        let mut counts = HashMap::new();
-        for _ in 0..300 {
-            *counts
-                .entry(pool.round_robin(&conn).id.clone())
-                .or_insert(0) += 1;
         }
-        assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100; 3]);
+    }
+
+    fn counts(
+        rotation: Rotation,
+        c: &Connection,
+        n: usize,
+        healthy: impl Fn(usize) -> bool,
+    ) -> Vec<usize> {
+        let pool = KeyPool::new(c, None, None);
+        let mut out = vec![0; c.keys.len()];
+        for _ in 0..n {
+            if let Some(i) = pool.select(rotation, c, |i, _| healthy(i)) {
+                out[i] += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn round_robin_is_exact_and_skips_unhealthy_keys() {
+        let c = conn(&[1, 1, 1]);
+        assert_eq!(
+            counts(Rotation::RoundRobin, &c, 300, |_| true),
+            [100, 100, 100]
+        );
+        assert_eq!(
+            counts(Rotation::RoundRobin, &c, 300, |i| i != 1),
+            [150, 0, 150]
+        );
+        assert_eq!(counts(Rotation::RoundRobin, &c, 10, |_| false), [0, 0, 0]);
+        let pool = KeyPool::new(&c, None, None);
+        let order: Vec<_> = (0..6)
+            .map(|_| {
+                c.keys[pool.select(Rotation::RoundRobin, &c, |_, _| true).unwrap()]
+                    .id
+                    .clone()
+            })
+            .collect();
+        assert_eq!(order, ["k0", "k1", "k2", "k0", "k1", "k2"]);
+    }
+
+    #[test]
+    fn weighted_follows_weights_exactly() {
+        let c = conn(&[3, 1, 2]);
+        assert_eq!(
+            counts(Rotation::Weighted, &c, 600, |_| true),
+            [300, 100, 200]
+        );
+        assert_eq!(
+            counts(Rotation::Weighted, &c, 600, |i| i != 0),
+            [0, 200, 400]
+        );
+    }
+
+    #[test]
+    fn least_used_evens_out_and_fill_first_sticks() {
+        let c = conn(&[1, 1, 1]);
+        assert_eq!(
+            counts(Rotation::LeastUsed, &c, 300, |_| true),
+            [100, 100, 100]
+        );
+        assert_eq!(counts(Rotation::FillFirst, &c, 300, |_| true), [300, 0, 0]);
+        assert_eq!(
+            counts(Rotation::FillFirst, &c, 300, |i| i != 0),
+            [0, 300, 0]
+        );
+    }
+
+    #[test]
+    fn random_uses_every_healthy_key() {
+        let c = conn(&[1, 1, 1]);
+        let got = counts(Rotation::Random, &c, 3000, |i| i != 2);
+        assert_eq!(got[2], 0);
+        assert!(got[0] > 1200 && got[1] > 1200, "{got:?}");
+    }
+
+    #[test]
+    fn state_survives_a_rebuild_by_key_id() {
+        let a = conn(&[1, 1, 1]);
+        let pool = KeyPool::new(&a, None, None);
+        for _ in 0..4 {
+            pool.select(Rotation::RoundRobin, &a, |_, _| true);
+        }
+        let mut b = conn(&[1, 1]);
+        b.keys[0].id = "k2".into(); // k2 kept (moved to the front), k0 removed, k1 kept
+        let next = KeyPool::new(&b, Some(&pool), Some(&a));
+        assert_eq!(next.position(), 4);
+        assert_eq!(
+            (next.selected(0), next.selected(1)),
+            (pool.selected(2), pool.selected(1))
+        );
     }
 }

@@ -53,6 +53,8 @@ pin_project! {
         sleep: Pin<Box<Sleep>>,
         provider: String,
         sse: Option<SseFraming>,
+        // The first data frame, read before the response was committed.
+        first: Option<Bytes>,
         done: bool,
     }
 }
@@ -60,7 +62,19 @@ pin_project! {
 impl RelayBody {
     /// `sse = Some(dialect)` frame-aligns an event stream and terminates it in `dialect`.
     pub fn new(inner: Incoming, provider: String, idle: Duration, sse: Option<Dialect>) -> Self {
+        Self::with_first(inner, None, provider, idle, sse)
+    }
+
+    /// Like [`new`](Self::new), with `first` (already read from `inner`) sent first.
+    pub fn with_first(
+        inner: Incoming,
+        first: Option<Bytes>,
+        provider: String,
+        idle: Duration,
+        sse: Option<Dialect>,
+    ) -> Self {
         Self {
+            first,
             inner,
             idle,
             sleep: Box::pin(tokio::time::sleep(idle)),
@@ -85,6 +99,15 @@ impl Body for RelayBody {
         let mut this = self.project();
         if *this.done {
             return Poll::Ready(None);
+        }
+        if let Some(first) = this.first.take() {
+            let out = match this.sse.as_mut() {
+                Some(sse) => sse.push(first),
+                None => first,
+            };
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
         }
         loop {
             let failure = match this.inner.as_mut().poll_frame(cx) {
@@ -140,10 +163,16 @@ impl Body for RelayBody {
 
     fn size_hint(&self) -> SizeHint {
         if self.sse.is_some() {
-            SizeHint::default()
-        } else {
-            self.inner.size_hint()
+            return SizeHint::default();
         }
+        let inner = self.inner.size_hint();
+        let first = self.first.as_ref().map_or(0, |b| b.len() as u64);
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + first);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + first);
+        }
+        hint
     }
 }
 

@@ -5,10 +5,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
+use super::attempt::AttemptRecord;
 use super::body::{self, ProxyBody};
 use crate::format::Dialect;
 use crate::routing::RouteError;
-use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -48,13 +48,73 @@ pub enum ProxyError {
     /// 404 (unknown model) or 400 (format mismatch).
     #[error(transparent)]
     Route(#[from] RouteError),
-    /// 502 (network) or 504 (timeout); names the provider, never a key.
-    #[error("upstream provider `{provider}` failed: {source}")]
-    Upstream {
-        provider: String,
-        #[source]
-        source: UpstreamError,
+    /// The policy threw: its status (default 403) and message.
+    #[error("{message}")]
+    PolicyRejected { status: u16, message: String },
+    /// 500: a policy call failed and `policy.on_error = "reject"`.
+    #[error("{0}")]
+    PolicyFailed(String),
+    /// Every attempt failed: 429 (all rate limited, with `Retry-After`), 503 (nothing could
+    /// be tried), 504 (all timed out) or 502; the body lists every attempt.
+    #[error("{}", summarize(attempts))]
+    AllAttemptsFailed {
+        status: StatusCode,
+        retry_after_secs: Option<u64>,
+        attempts: Vec<AttemptRecord>,
     },
+}
+
+fn summarize(attempts: &[AttemptRecord]) -> String {
+    let tried = attempts.iter().filter(|a| a.class.is_some()).count();
+    let mut out = format!(
+        "no upstream could serve this request ({tried} attempt{}): ",
+        if tried == 1 { "" } else { "s" }
+    );
+    for (i, a) in attempts.iter().enumerate() {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        out.push_str(&a.target);
+        out.push(' ');
+        out.push_str(&a.connection);
+        if let Some(k) = &a.key_id {
+            out.push('/');
+            out.push_str(k);
+        }
+        match (&a.skipped, a.status, a.class) {
+            (Some(why), _, _) => out.push_str(&format!(" skipped: {why}")),
+            (None, Some(s), Some(c)) => out.push_str(&format!(" → {s} {c}")),
+            (None, None, Some(c)) => out.push_str(&format!(" → {c}")),
+            _ => {}
+        }
+        if !a.message.is_empty() {
+            out.push_str(&format!(" ({})", a.message));
+        }
+    }
+    out
+}
+
+fn attempts_json(attempts: &[AttemptRecord]) -> serde_json::Value {
+    serde_json::Value::Array(
+        attempts
+            .iter()
+            .map(|a| {
+                json!({
+                    "target": a.target,
+                    "connection": a.connection,
+                    "key": a.key_id,
+                    "fingerprint": a.fingerprint,
+                    "status": a.status,
+                    "outcome": a.class.map(|c| c.as_str()),
+                    "decision": a.decision.map(|d| d.as_str()),
+                    "skipped": a.skipped,
+                    "message": if a.message.is_empty() { None } else { Some(&a.message) },
+                    "retry_after_ms": a.retry_after_ms,
+                    "ms": a.millis,
+                })
+            })
+            .collect(),
+    )
 }
 
 impl ProxyError {
@@ -71,11 +131,11 @@ impl ProxyError {
             | ProxyError::ModelNotString => StatusCode::BAD_REQUEST,
             ProxyError::Route(RouteError::UnknownModel(_)) => StatusCode::NOT_FOUND,
             ProxyError::Route(RouteError::FormatMismatch { .. }) => StatusCode::BAD_REQUEST,
-            ProxyError::Upstream { source, .. } => match source {
-                UpstreamError::HeadersTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                UpstreamError::Network(_) => StatusCode::BAD_GATEWAY,
-                UpstreamError::Build(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            },
+            ProxyError::PolicyRejected { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN)
+            }
+            ProxyError::PolicyFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::AllAttemptsFailed { status, .. } => *status,
         }
     }
 
@@ -93,16 +153,48 @@ impl ProxyError {
             ProxyError::ModelNotString => "invalid_model",
             ProxyError::Route(RouteError::UnknownModel(_)) => "model_not_found",
             ProxyError::Route(RouteError::FormatMismatch { .. }) => "unsupported_format",
-            ProxyError::Upstream { source, .. } => match source {
-                UpstreamError::HeadersTimeout(_) => "upstream_timeout",
-                UpstreamError::Network(_) => "upstream_unreachable",
-                UpstreamError::Build(_) => "internal_error",
-            },
+            ProxyError::PolicyRejected { .. } => "policy_rejected",
+            ProxyError::PolicyFailed(_) => "policy_error",
+            ProxyError::AllAttemptsFailed {
+                status, attempts, ..
+            } => {
+                let classes: Vec<_> = attempts.iter().filter_map(|a| a.class).collect();
+                match status.as_u16() {
+                    429 => "rate_limited",
+                    503 => "no_upstream_available",
+                    504 => "upstream_timeout",
+                    _ if !classes.is_empty()
+                        && classes
+                            .iter()
+                            .all(|c| *c == crate::outcome::OutcomeClass::Network) =>
+                    {
+                        "upstream_unreachable"
+                    }
+                    _ => "all_attempts_failed",
+                }
+            }
         }
     }
 
     pub fn into_response(self, dialect: Dialect) -> Response<ProxyBody> {
         let status = self.status();
+        if let ProxyError::AllAttemptsFailed {
+            retry_after_secs,
+            attempts,
+            ..
+        } = &self
+        {
+            let mut body = error_json(dialect, status, self.code(), &self.to_string());
+            body["error"]["attempts"] = attempts_json(attempts);
+            let mut resp = json_response(status, body);
+            if let Some(secs) =
+                retry_after_secs.filter(|_| status.as_u16() == 429 || status.as_u16() == 503)
+            {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            return resp;
+        }
         let mut resp = error_response(dialect, status, self.code(), &self.to_string());
         if let ProxyError::MethodNotAllowed { allow, .. } = self {
             resp.headers_mut()
@@ -156,8 +248,11 @@ pub fn error_response(
     code: &str,
     message: &str,
 ) -> Response<ProxyBody> {
-    let body = error_json(dialect, status, code, message).to_string();
-    let mut resp = Response::new(body::full(Bytes::from(body)));
+    json_response(status, error_json(dialect, status, code, message))
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

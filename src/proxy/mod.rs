@@ -1,8 +1,9 @@
-//! The request path: authenticate → parse → route → attempt → respond.
+//! The request path: authenticate → parse → route (policy) → attempt loop → respond.
 //!
 //! [`Proxy::handle`] never fails: every error becomes a response in the caller's dialect,
 //! and every response carries `x-keyway-request-id` and an `x-keyway-attempts` trace.
 
+mod attempt;
 mod auth;
 pub mod body;
 pub mod error;
@@ -16,14 +17,12 @@ use std::time::Instant;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
-use crate::config::{ApiKey, Config, Connection};
-use crate::format::{ApiFormat, Dialect};
-use crate::keys::KeyRegistry;
-use crate::routing::{self, Target};
-use crate::upstream::{self, Upstream};
+use crate::policy::{RequestInfo, RequestView};
+use crate::runtime::Runtime;
 
-pub use auth::ANONYMOUS;
-use body::{ProxyBody, RelayBody};
+pub use attempt::AttemptRecord;
+pub use auth::{ClientAuth, ANONYMOUS};
+use body::ProxyBody;
 use error::ProxyError;
 use request::{Endpoint, ParsedBody};
 
@@ -32,24 +31,9 @@ pub const REQUEST_ID_HEADER: &str = "x-keyway-request-id";
 /// Header carrying the compact trace of upstream attempts.
 pub const ATTEMPTS_HEADER: &str = "x-keyway-attempts";
 
-/// The proxy: config snapshot, outbound client, key state and client auth.
+/// The proxy's request handler.
 pub struct Proxy {
-    config: Arc<Config>,
-    upstream: Upstream,
-    keys: KeyRegistry,
-    auth: auth::ClientAuth,
-}
-
-/// One upstream attempt, as recorded for the trace header and the request log.
-#[derive(Debug, Clone)]
-struct Attempt {
-    target: String,
-    connection: String,
-    key_id: String,
-    key_fingerprint: String,
-    /// Upstream status code, or the failure kind when there was none.
-    outcome: String,
-    millis: u128,
+    runtime: Arc<Runtime>,
 }
 
 /// What is known about a request as it moves through the path; logged once at the end.
@@ -57,21 +41,16 @@ struct RequestLog {
     id: String,
     client: Option<String>,
     model: Option<String>,
-    attempts: Vec<Attempt>,
+    attempts: Vec<AttemptRecord>,
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>) -> Self {
-        Self {
-            upstream: Upstream::new(&config.timeouts),
-            keys: KeyRegistry::new(&config),
-            auth: auth::ClientAuth::new(&config.auth),
-            config,
-        }
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime }
     }
 
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
     }
 
     /// Serves one client request. Dropping the returned future (client gone) drops any
@@ -98,8 +77,9 @@ impl Proxy {
         if let Ok(v) = HeaderValue::try_from(log.id.as_str()) {
             headers.insert(REQUEST_ID_HEADER, v);
         }
+        let trace = trace_header(&log.attempts);
         if !log.attempts.is_empty() {
-            if let Ok(v) = HeaderValue::try_from(trace_header(&log.attempts)) {
+            if let Ok(v) = HeaderValue::try_from(trace.as_str()) {
                 headers.insert(ATTEMPTS_HEADER, v);
             }
         }
@@ -111,8 +91,8 @@ impl Proxy {
             client = log.client.as_deref().unwrap_or("-"),
             model = log.model.as_deref().unwrap_or("-"),
             status = resp.status().as_u16(),
-            attempts = %trace_header(&log.attempts),
-            keys = %log.attempts.iter().map(|a| a.key_fingerprint.as_str()).collect::<Vec<_>>().join(","),
+            attempts = %trace,
+            keys = %log.attempts.iter().filter_map(|a| a.fingerprint.as_deref()).collect::<Vec<_>>().join(","),
             headers_ms = started.elapsed().as_millis() as u64,
             "request"
         );
@@ -124,132 +104,97 @@ impl Proxy {
         req: Request<Incoming>,
         log: &mut RequestLog,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let snap = self.runtime.snapshot();
         let endpoint = request::endpoint(req.method(), req.uri().path())?;
-        let client = self
+        let client = snap
             .auth
             .authenticate(req.headers())
             .ok_or(ProxyError::Unauthorized)?;
         log.client = Some(client.to_string());
         let format = match endpoint {
-            Endpoint::Models => return Ok(models::list(&self.config, req.headers())),
+            Endpoint::Models => return Ok(models::list(&snap.config, req.headers())),
             Endpoint::Api(format) => format,
         };
         let (parts, body) = req.into_parts();
-        let t = &self.config.timeouts;
+        let t = &snap.config.timeouts;
         let raw = request::read_body(
             &parts.headers,
             body,
-            self.config.server.max_body_bytes,
+            snap.config.server.max_body_bytes,
             t.request_body,
         )
         .await?;
         let parsed = ParsedBody::parse(raw)?;
         log.model = Some(parsed.model.clone());
-        let targets = routing::resolve(&self.config.providers, format, &parsed.model)?;
-        // Until the policy engine drives fallback, the first target is the only attempt.
-        let target = &targets[0];
-        let connection = &target.provider.connections[0];
-        let key = self.keys.pool(connection).round_robin(connection);
-        self.attempt(
+        let info = RequestView(Arc::new(RequestInfo {
+            model: parsed.model.clone(),
             format,
-            &parts.headers,
-            &parsed,
-            target,
-            connection,
-            key,
-            log,
-        )
-        .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn attempt(
-        &self,
-        format: ApiFormat,
-        headers: &http::HeaderMap,
-        parsed: &ParsedBody,
-        target: &Target,
-        connection: &Connection,
-        key: &ApiKey,
-        log: &mut RequestLog,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let started = Instant::now();
-        let provider = &target.provider;
-        let record = |outcome: String| Attempt {
-            target: target.label(),
-            connection: connection.id.clone(),
-            key_id: key.id.clone(),
-            key_fingerprint: key.secret.fingerprint().to_string(),
-            outcome,
-            millis: started.elapsed().as_millis(),
-        };
-        let upstream_err = |source| ProxyError::Upstream {
-            provider: provider.id.clone(),
-            source,
-        };
-        let req = upstream::build_request(
-            provider,
+            stream: parsed.stream,
+            client: client.to_string(),
+            headers: parts.headers.clone(),
+            max_tokens: parsed.max_tokens,
+            input_tokens: parsed.len() as u64 / 4,
+        }));
+        let ctx = attempt::AttemptContext {
+            snap: &snap,
+            runtime: &self.runtime,
             format,
-            key,
-            headers,
-            parsed.body_for(&target.model),
-        )
-        .map_err(upstream_err)?;
-        let resp = match self.upstream.send(req).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                let kind = match e {
-                    upstream::UpstreamError::HeadersTimeout(_) => "timeout",
-                    _ => "network",
-                };
-                log.attempts.push(record(kind.to_string()));
-                return Err(upstream_err(e));
+            headers: &parts.headers,
+            parsed: &parsed,
+            req: info,
+        };
+        let policy = &snap.policy;
+        let candidates = match policy.route(&ctx.req) {
+            Ok(c) => c,
+            Err(e) => ctx.on_policy_error(e, || policy.default_route(&parsed.model))?,
+        };
+        let targets = policy
+            .router()
+            .targets(&candidates, format, &parsed.model)?;
+        match ctx.run(&targets, &mut log.attempts).await {
+            Ok(resp) => Ok(resp),
+            Err(Err(e)) => Err(e),
+            Err(Ok(exhausted)) => {
+                let now = self.runtime.quota.now_ms();
+                Err(ProxyError::AllAttemptsFailed {
+                    status: attempt::exhausted_status(&log.attempts),
+                    retry_after_secs: exhausted
+                        .earliest_unlock_ms
+                        .map(|u| u.saturating_sub(now).div_ceil(1000).max(1)),
+                    attempts: log.attempts.clone(),
+                })
             }
-        };
-        log.attempts
-            .push(record(resp.status().as_u16().to_string()));
-        Ok(relay(
-            resp,
-            provider.id.clone(),
-            format.dialect(),
-            self.config.timeouts.stream_idle,
-        ))
+        }
     }
 }
 
-/// Turns the upstream response into the client's: same status and headers (filtered), the
-/// body relayed frame by frame.
-fn relay(
-    resp: Response<Incoming>,
-    provider: String,
-    dialect: Dialect,
-    idle: std::time::Duration,
-) -> Response<ProxyBody> {
-    use http_body_util::BodyExt;
-    let (mut parts, body) = resp.into_parts();
-    let is_sse = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    let sse = (is_sse && parts.status.is_success()).then_some(dialect);
-    upstream::filter_response_headers(&mut parts.headers, sse.is_none());
-    let body = RelayBody::new(body, provider, idle, sse).boxed_unsync();
-    Response::from_parts(parts, body)
-}
-
-/// `target conn/key outcome ms` per attempt, comma-separated. Key ids are config names, not secrets.
-fn trace_header(attempts: &[Attempt]) -> String {
+/// `target conn/key outcome ms` per attempt, `target conn skipped` per skip;
+/// comma-separated. Key ids are config names, not secrets.
+fn trace_header(attempts: &[AttemptRecord]) -> String {
     let mut out = String::new();
     for (i, a) in attempts.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(
-            out,
-            "{} {}/{} {} {}ms",
-            a.target, a.connection, a.key_id, a.outcome, a.millis
-        );
+        match (&a.key_id, a.status, a.class) {
+            (Some(key), Some(status), _) => {
+                let _ = write!(
+                    out,
+                    "{} {}/{} {} {}ms",
+                    a.target, a.connection, key, status, a.millis
+                );
+            }
+            (Some(key), None, Some(class)) => {
+                let _ = write!(
+                    out,
+                    "{} {}/{} {} {}ms",
+                    a.target, a.connection, key, class, a.millis
+                );
+            }
+            _ => {
+                let _ = write!(out, "{} {} skipped", a.target, a.connection);
+            }
+        }
     }
     out
 }

@@ -85,6 +85,8 @@ pub async fn read_body(
 pub struct ParsedBody {
     pub model: String,
     pub stream: bool,
+    /// `max_tokens` or `max_completion_tokens`, if given.
+    pub max_tokens: Option<u64>,
     /// Byte range of the `model` value (including its quotes) in `raw`.
     model_span: Range<usize>,
     raw: Bytes,
@@ -96,6 +98,10 @@ struct Probe<'a> {
     model: Option<&'a RawValue>,
     #[serde(borrow)]
     stream: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_completion_tokens: Option<&'a RawValue>,
 }
 
 impl ParsedBody {
@@ -114,12 +120,26 @@ impl ParsedBody {
         let start = model_raw.get().as_ptr() as usize - text.as_ptr() as usize;
         let model_span = start..start + model_raw.get().len();
         let stream = probe.stream.is_some_and(|v| v.get() == "true");
+        let max_tokens = probe
+            .max_tokens
+            .or(probe.max_completion_tokens)
+            .and_then(|v| v.get().parse::<u64>().ok());
         Ok(Self {
             model,
             stream,
+            max_tokens,
             model_span,
             raw,
         })
+    }
+
+    /// Body length in bytes.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
     }
 
     /// The body to send for `target_model`: the client's exact bytes when the name is

@@ -1,10 +1,19 @@
-//! Routing: which provider/model targets may serve a requested model name. This is the
-//! native default; the policy engine calls into the same resolution.
+//! Routing: which provider/model targets may serve a requested model name.
+//!
+//! Resolution order: `provider/model` for a configured provider passes straight through;
+//! then the policy's route table (exact aliases, then wildcard patterns ranked by
+//! specificity); then the providers whose config `models` list the name, in config order.
+
+mod pattern;
+mod table;
 
 use std::sync::Arc;
 
 use crate::config::{Provider, ProviderKind};
 use crate::format::ApiFormat;
+
+pub use pattern::Pattern;
+pub use table::{RouteTable, TargetSpec};
 
 /// One place a request may be sent: a provider and the model name to ask it for.
 #[derive(Debug, Clone)]
@@ -12,6 +21,8 @@ pub struct Target {
     pub provider: Arc<Provider>,
     /// The model name sent upstream (may differ from the requested name).
     pub model: String,
+    /// Restricts the attempt to one connection of the provider.
+    pub connection: Option<String>,
 }
 
 impl Target {
@@ -36,47 +47,90 @@ pub enum RouteError {
     },
 }
 
-/// Resolves `model` to targets in preference order: `provider/model` picks that provider;
-/// a bare name goes to the providers that list it, in config order.
-pub fn resolve(
-    providers: &[Arc<Provider>],
-    format: ApiFormat,
-    model: &str,
-) -> Result<Vec<Target>, RouteError> {
-    let mut found: Vec<Target> = Vec::new();
-    if let Some((prefix, rest)) = model.split_once('/') {
-        if let Some(p) = providers.iter().find(|p| p.id == prefix) {
-            if !rest.is_empty() {
-                found.push(Target {
-                    provider: p.clone(),
-                    model: rest.to_string(),
-                });
+/// A candidate as a policy names it: a target spec plus an optional connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub spec: TargetSpec,
+    pub connection: Option<String>,
+}
+
+/// The native route resolution: route table plus the config's providers.
+#[derive(Debug, Default)]
+pub struct Router {
+    table: RouteTable,
+    providers: Vec<Arc<Provider>>,
+}
+
+impl Router {
+    pub fn new(table: RouteTable, providers: Vec<Arc<Provider>>) -> Self {
+        Self { table, providers }
+    }
+
+    pub fn table(&self) -> &RouteTable {
+        &self.table
+    }
+
+    pub fn provider(&self, id: &str) -> Option<&Arc<Provider>> {
+        self.providers.iter().find(|p| p.id == id)
+    }
+
+    /// The ordered fallback chain for `model`, as `provider/model` strings' specs.
+    pub fn resolve(&self, model: &str) -> Vec<TargetSpec> {
+        if let Some((prefix, rest)) = model.split_once('/') {
+            if !rest.is_empty() && self.provider(prefix).is_some() {
+                return vec![TargetSpec {
+                    provider: prefix.to_string(),
+                    model: Some(rest.to_string()),
+                }];
             }
         }
+        if let Some((_, chain)) = self.table.lookup(model) {
+            return chain.to_vec();
+        }
+        self.providers
+            .iter()
+            .filter(|p| p.models.iter().any(|m| m == model))
+            .map(|p| TargetSpec {
+                provider: p.id.clone(),
+                model: None,
+            })
+            .collect()
     }
-    if found.is_empty() {
-        found.extend(
-            providers
-                .iter()
-                .filter(|p| p.models.iter().any(|m| m == model))
-                .map(|p| Target {
-                    provider: p.clone(),
-                    model: model.to_string(),
-                }),
-        );
+
+    /// Turns candidates into targets that speak `format`, dropping unknown providers.
+    pub fn targets(
+        &self,
+        candidates: &[Candidate],
+        format: ApiFormat,
+        requested: &str,
+    ) -> Result<Vec<Target>, RouteError> {
+        let mut first_mismatch = None;
+        let mut out = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            let Some(provider) = self.provider(&c.spec.provider) else {
+                tracing::warn!(provider = %c.spec.provider, "policy named an unknown provider; skipped");
+                continue;
+            };
+            if !format.spoken_by(provider.kind) {
+                first_mismatch.get_or_insert_with(|| RouteError::FormatMismatch {
+                    model: requested.to_string(),
+                    provider: provider.id.clone(),
+                    kind: provider.kind,
+                    format,
+                });
+                continue;
+            }
+            out.push(Target {
+                provider: provider.clone(),
+                model: c.spec.model_for(requested).to_string(),
+                connection: c.connection.clone(),
+            });
+        }
+        if out.is_empty() {
+            return Err(
+                first_mismatch.unwrap_or_else(|| RouteError::UnknownModel(requested.to_string()))
+            );
+        }
+        Ok(out)
     }
-    let Some(first) = found.first() else {
-        return Err(RouteError::UnknownModel(model.to_string()));
-    };
-    let mismatch = RouteError::FormatMismatch {
-        model: model.to_string(),
-        provider: first.provider.id.clone(),
-        kind: first.provider.kind,
-        format,
-    };
-    found.retain(|t| format.spoken_by(t.provider.kind));
-    if found.is_empty() {
-        return Err(mismatch);
-    }
-    Ok(found)
 }

@@ -18,7 +18,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, Timeouts};
+use crate::policy::PolicyLoadError;
 use crate::proxy::Proxy;
+use crate::quota::{Clock, SystemClock};
+use crate::runtime::Runtime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -29,6 +32,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("policy: {0}")]
+    Policy(#[from] PolicyLoadError),
 }
 
 /// A bound proxy listener, ready to [`run`](Server::run).
@@ -40,8 +45,17 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the configured address and loads TLS material; nothing is served yet.
+    /// Binds the configured address, loads TLS material and the policy; nothing is served yet.
     pub async fn bind(config: Arc<Config>) -> Result<Self, ServerError> {
+        Self::bind_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`bind`](Self::bind) with a given clock (tests drive lock windows with a manual one).
+    pub async fn bind_with_clock(
+        config: Arc<Config>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ServerError> {
+        let runtime = Arc::new(Runtime::new(config.clone(), clock)?);
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -54,8 +68,12 @@ impl Server {
             listener,
             tls,
             timeouts: config.timeouts,
-            proxy: Arc::new(Proxy::new(config)),
+            proxy: Arc::new(Proxy::new(runtime)),
         })
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        self.proxy.runtime()
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -40,7 +40,6 @@ pub enum UpstreamError {
 #[derive(Clone)]
 pub struct Upstream {
     client: HttpClient,
-    headers_timeout: Duration,
 }
 
 impl Upstream {
@@ -60,20 +59,18 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        Self {
-            client,
-            headers_timeout: timeouts.upstream_headers,
-        }
+        Self { client }
     }
 
-    /// Sends the request and waits for response headers (bounded). Dropping the returned
-    /// future drops the upstream request and its connection.
+    /// Sends the request and waits at most `headers_timeout` for response headers.
+    /// Dropping the returned future drops the upstream request and its connection.
     pub async fn send(
         &self,
         req: Request<Full<Bytes>>,
+        headers_timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.headers_timeout, self.client.request(req)).await {
-            Err(_) => Err(UpstreamError::HeadersTimeout(self.headers_timeout)),
+        match tokio::time::timeout(headers_timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::HeadersTimeout(headers_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(UpstreamError::Network(describe(&e))),
         }

@@ -20,6 +20,9 @@ struct ProviderSpec {
 
 #[derive(Default)]
 pub struct TestProxyBuilder {
+    clock: Option<Arc<keyway::quota::ManualClock>>,
+    policy: Option<String>,
+    policy_settings: Vec<(String, String)>,
     providers: Vec<ProviderSpec>,
     clients: Vec<(String, String)>,
     tls: bool,
@@ -44,6 +47,32 @@ impl TestProxyBuilder {
             models: models.iter().map(|s| s.to_string()).collect(),
             connections: vec![("main".into(), keys.iter().map(|s| s.to_string()).collect())],
         });
+        self
+    }
+
+    /// Adds a connection to the provider added last.
+    pub fn connection(mut self, id: &str, keys: &[&str]) -> Self {
+        let p = self.providers.last_mut().expect("add a provider first");
+        p.connections
+            .push((id.into(), keys.iter().map(|s| s.to_string()).collect()));
+        self
+    }
+
+    /// Uses a manual clock for quota windows.
+    pub fn clock(mut self, clock: Arc<keyway::quota::ManualClock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Writes `text` as `policies/main.rhai` and points the config at it.
+    pub fn policy(mut self, text: &str) -> Self {
+        self.policy = Some(text.to_string());
+        self
+    }
+
+    /// Sets `[policy] name = value` (value is TOML).
+    pub fn policy_setting(mut self, name: &str, value: &str) -> Self {
+        self.policy_settings.push((name.into(), value.into()));
         self
     }
 
@@ -92,6 +121,17 @@ impl TestProxyBuilder {
                 writeln!(toml, "{k} = {v:?}").unwrap();
             }
         }
+        if self.policy.is_some() || !self.policy_settings.is_empty() {
+            toml.push_str("\n[policy]\n");
+            if let Some(text) = &self.policy {
+                std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+                std::fs::write(dir.path().join("policies/main.rhai"), text).unwrap();
+                toml.push_str("dir = \"policies\"\n");
+            }
+            for (k, v) in &self.policy_settings {
+                writeln!(toml, "{k} = {v}").unwrap();
+            }
+        }
         toml.push_str("\n[auth]\n");
         if self.clients.is_empty() {
             toml.push_str("allow_unauthenticated = true\n");
@@ -130,7 +170,11 @@ impl TestProxyBuilder {
         keyway::install_crypto_provider();
         let (dir, path, cert) = self.write();
         let config = Arc::new(keyway::config::load(&path).unwrap_or_else(|e| panic!("{e}")));
-        let server = keyway::server::Server::bind(config).await.unwrap();
+        let server = match &self.clock {
+            Some(c) => keyway::server::Server::bind_with_clock(config, c.clone()).await,
+            None => keyway::server::Server::bind(config).await,
+        }
+        .unwrap_or_else(|e| panic!("{e}"));
         let addr = server.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {

@@ -1,0 +1,149 @@
+//! The read-only objects scripts see: `req`, `attempt`, `outcome` and `conn`. Each is a
+//! cheap `Arc` handle; getters copy out small values.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use rhai::{Dynamic, Engine, ImmutableString, INT};
+
+use crate::config::Connection;
+use crate::format::ApiFormat;
+use crate::keys::KeyPool;
+use crate::outcome::Outcome;
+
+/// What a policy knows about the client request.
+#[derive(Debug)]
+pub struct RequestInfo {
+    pub model: String,
+    pub format: ApiFormat,
+    pub stream: bool,
+    pub client: String,
+    pub headers: HeaderMap,
+    pub max_tokens: Option<u64>,
+    /// Rough input size: body bytes / 4.
+    pub input_tokens: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestView(pub Arc<RequestInfo>);
+
+/// One attempt: where it goes and with which key.
+#[derive(Debug)]
+pub struct AttemptInfo {
+    pub number: u32,
+    pub provider: String,
+    pub connection: String,
+    pub model: String,
+    pub key_id: String,
+    pub fingerprint: String,
+    pub key_scope: String,
+    pub key_model_scope: String,
+    pub conn_scope: String,
+    pub model_scope: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptView(pub Arc<AttemptInfo>);
+
+#[derive(Debug, Clone)]
+pub struct OutcomeView(pub Arc<Outcome>);
+
+/// A connection as `select_key` sees it, with what the native rotators need.
+#[derive(Debug, Clone)]
+pub struct ConnView {
+    pub conn: Arc<Connection>,
+    pub pool: Arc<KeyPool>,
+    /// The model this attempt asks for (key+model locks apply to it).
+    pub model: Arc<str>,
+    /// Keys already tried in this request; rotators skip them.
+    pub tried: Arc<[usize]>,
+}
+
+fn header(h: &HeaderMap, name: &str) -> Dynamic {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map_or(Dynamic::UNIT, |s| Dynamic::from(ImmutableString::from(s)))
+}
+
+fn opt_int(v: Option<u64>) -> Dynamic {
+    v.map_or(Dynamic::UNIT, |n| {
+        Dynamic::from(n.min(INT::MAX as u64) as INT)
+    })
+}
+
+pub fn register(engine: &mut Engine) {
+    engine
+        .register_type_with_name::<RequestView>("Request")
+        .register_get("model", |r: &mut RequestView| r.0.model.clone())
+        .register_get("endpoint", |r: &mut RequestView| {
+            r.0.format.as_str().to_string()
+        })
+        .register_get("stream", |r: &mut RequestView| r.0.stream)
+        .register_get("client", |r: &mut RequestView| r.0.client.clone())
+        .register_get("max_tokens", |r: &mut RequestView| opt_int(r.0.max_tokens))
+        .register_get("input_tokens", |r: &mut RequestView| {
+            r.0.input_tokens as INT
+        })
+        .register_fn("header", |r: &mut RequestView, name: &str| {
+            // Client credentials are never visible to scripts.
+            if name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("x-api-key")
+            {
+                Dynamic::UNIT
+            } else {
+                header(&r.0.headers, name)
+            }
+        });
+    engine
+        .register_type_with_name::<AttemptView>("Attempt")
+        .register_get("number", |a: &mut AttemptView| a.0.number as INT)
+        .register_get("provider", |a: &mut AttemptView| a.0.provider.clone())
+        .register_get("connection", |a: &mut AttemptView| a.0.connection.clone())
+        .register_get("model", |a: &mut AttemptView| a.0.model.clone())
+        .register_get("target", |a: &mut AttemptView| {
+            format!("{}/{}", a.0.provider, a.0.model)
+        })
+        .register_get("key", |a: &mut AttemptView| a.0.key_id.clone())
+        .register_get("fingerprint", |a: &mut AttemptView| a.0.fingerprint.clone())
+        .register_get("key_scope", |a: &mut AttemptView| a.0.key_scope.clone())
+        .register_get("key_model_scope", |a: &mut AttemptView| {
+            a.0.key_model_scope.clone()
+        })
+        .register_get("conn_scope", |a: &mut AttemptView| a.0.conn_scope.clone())
+        .register_get("model_scope", |a: &mut AttemptView| a.0.model_scope.clone());
+    engine
+        .register_type_with_name::<OutcomeView>("Outcome")
+        .register_get("class", |o: &mut OutcomeView| {
+            o.0.class.as_str().to_string()
+        })
+        .register_get("status", |o: &mut OutcomeView| {
+            o.0.status.map_or(0, INT::from)
+        })
+        .register_get("retry_after", |o: &mut OutcomeView| {
+            o.0.retry_after_ms
+                .map_or(Dynamic::UNIT, |ms| Dynamic::from_float(ms as f64 / 1000.0))
+        })
+        .register_get("daily", |o: &mut OutcomeView| o.0.daily)
+        .register_get("remaining_requests", |o: &mut OutcomeView| {
+            opt_int(o.0.remaining_requests)
+        })
+        .register_get("remaining_tokens", |o: &mut OutcomeView| {
+            opt_int(o.0.remaining_tokens)
+        })
+        .register_get("message", |o: &mut OutcomeView| o.0.message.clone())
+        .register_fn("header", |o: &mut OutcomeView, name: &str| {
+            header(&o.0.headers, name)
+        });
+    engine
+        .register_type_with_name::<ConnView>("Connection")
+        .register_get("provider", |c: &mut ConnView| c.conn.provider.clone())
+        .register_get("id", |c: &mut ConnView| c.conn.id.clone())
+        .register_get("name", |c: &mut ConnView| c.conn.name())
+        .register_get("model", |c: &mut ConnView| c.model.to_string())
+        .register_get("keys", |c: &mut ConnView| {
+            c.conn
+                .keys
+                .iter()
+                .map(|k| Dynamic::from(k.id.clone()))
+                .collect::<rhai::Array>()
+        });
+}

@@ -1,0 +1,380 @@
+//! The attempt loop (DESIGN §1): for each candidate target, each of its connections, and
+//! each key the policy selects, forward the request, classify the outcome, and let
+//! `on_outcome` decide: return it, or move on. Bounded by `policy.max_attempts`; every
+//! attempt (and every candidate skipped for a lock) is recorded for the client's trace.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::{self, ProxyBody, RelayBody};
+use super::error::ProxyError;
+use super::request::ParsedBody;
+use crate::config::{ApiKey, Connection};
+use crate::format::{ApiFormat, Dialect};
+use crate::keys::Scopes;
+use crate::outcome::{Outcome, OutcomeClass};
+use crate::policy::{
+    defaults, AttemptInfo, AttemptView, ConnView, Decision, OutcomeView, PolicyError, RequestView,
+};
+use crate::quota::{Lock, QuotaState};
+use crate::routing::Target;
+use crate::runtime::{Runtime, Snapshot};
+use crate::upstream::{self, UpstreamError};
+
+/// Largest upstream error body read for classification (the rest is not needed).
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// One attempt, or one candidate/connection skipped without an attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub target: String,
+    pub connection: String,
+    pub key_id: Option<String>,
+    pub fingerprint: Option<String>,
+    pub status: Option<u16>,
+    pub class: Option<OutcomeClass>,
+    /// Why no attempt was made (a lock), for skipped entries.
+    pub skipped: Option<String>,
+    /// The skip was caused by a rate-limit or quota lock.
+    pub skipped_for_limit: bool,
+    pub decision: Option<Decision>,
+    pub message: String,
+    pub retry_after_ms: Option<u64>,
+    pub millis: u64,
+}
+
+/// What the loop needs from the request.
+pub struct AttemptContext<'a> {
+    pub snap: &'a Snapshot,
+    pub runtime: &'a Runtime,
+    pub format: ApiFormat,
+    pub headers: &'a HeaderMap,
+    pub parsed: &'a ParsedBody,
+    pub req: RequestView,
+}
+
+/// The loop's result when nothing was returned: every record, and the earliest unlock.
+pub struct Exhausted {
+    pub earliest_unlock_ms: Option<u64>,
+}
+
+impl AttemptContext<'_> {
+    fn quota(&self) -> &QuotaState {
+        &self.runtime.quota
+    }
+
+    /// Handles a policy failure: a throw is the client's answer; anything else follows
+    /// `policy.on_error`, using `fallback` for `default`.
+    pub fn on_policy_error<T>(
+        &self,
+        e: PolicyError,
+        fallback: impl FnOnce() -> T,
+    ) -> Result<T, ProxyError> {
+        match e {
+            PolicyError::Thrown { status, message } => {
+                Err(ProxyError::PolicyRejected { status, message })
+            }
+            PolicyError::Failed { .. } => {
+                tracing::warn!(error = %e, "policy call failed");
+                match self.snap.policy.on_error() {
+                    crate::config::OnError::Default => Ok(fallback()),
+                    crate::config::OnError::Reject => Err(ProxyError::PolicyFailed(e.to_string())),
+                }
+            }
+        }
+    }
+
+    pub async fn run(
+        &self,
+        targets: &[Target],
+        records: &mut Vec<AttemptRecord>,
+    ) -> Result<Response<ProxyBody>, Result<Exhausted, ProxyError>> {
+        let mut budget = self.snap.policy.settings.max_attempts;
+        let mut earliest: Option<u64> = None;
+        let mut note = |until: u64| earliest = Some(earliest.map_or(until, |e: u64| e.min(until)));
+        let mut number = 0u32;
+        'targets: for target in targets {
+            let provider = &target.provider;
+            let model_scope = Scopes::model(&provider.id, &target.model);
+            if let Some(lock) = self.active_lock(&model_scope) {
+                note(lock.until_ms);
+                records.push(skip(target, "-", &lock, "model locked"));
+                continue;
+            }
+            let conns = provider
+                .connections
+                .iter()
+                .filter(|c| target.connection.as_ref().is_none_or(|id| &c.id == id));
+            for conn in conns {
+                let conn_scope = Scopes::connection(conn);
+                if let Some(lock) = self.active_lock(&conn_scope) {
+                    note(lock.until_ms);
+                    records.push(skip(target, &conn.id, &lock, "connection cooling down"));
+                    continue;
+                }
+                let pool = self.runtime.keys.pool(conn);
+                let mut tried: Vec<usize> = Vec::new();
+                loop {
+                    if budget == 0 {
+                        break 'targets;
+                    }
+                    let view = ConnView {
+                        conn: conn.clone(),
+                        pool: pool.clone(),
+                        model: Arc::from(target.model.as_str()),
+                        tried: Arc::from(tried.as_slice()),
+                    };
+                    let selected = match self.snap.policy.select_key(&self.req, &view) {
+                        Ok(k) => k,
+                        Err(e) => self
+                            .on_policy_error(e, || defaults::select_key(self.quota(), &view))
+                            .map_err(Err)?,
+                    };
+                    let Some(index) = selected else {
+                        if tried.is_empty() {
+                            if let Some(lock) = self.earliest_key_unlock(conn, &target.model) {
+                                note(lock.until_ms);
+                                records.push(skip(target, &conn.id, &lock, "every key locked"));
+                            }
+                        }
+                        break;
+                    };
+                    budget -= 1;
+                    number += 1;
+                    tried.push(index);
+                    let key = &conn.keys[index];
+                    let started = Instant::now();
+                    let (outcome, response) = self.try_once(target, key).await;
+                    let attempt = AttemptView(Arc::new(AttemptInfo {
+                        number,
+                        provider: provider.id.clone(),
+                        connection: conn.id.clone(),
+                        model: target.model.clone(),
+                        key_id: key.id.clone(),
+                        fingerprint: key.secret.fingerprint().to_string(),
+                        key_scope: Scopes::key(conn, key),
+                        key_model_scope: Scopes::key_model(conn, key, &target.model),
+                        conn_scope: conn_scope.clone(),
+                        model_scope: model_scope.clone(),
+                    }));
+                    let outcome = OutcomeView(Arc::new(outcome));
+                    let decision = match self.snap.policy.on_outcome(&self.req, &attempt, &outcome)
+                    {
+                        Ok(d) => d,
+                        Err(e) => self
+                            .on_policy_error(e, || {
+                                defaults::on_outcome(self.quota(), &attempt.0, &outcome.0)
+                            })
+                            .map_err(Err)?,
+                    };
+                    let o = &outcome.0;
+                    if o.class.is_limit() {
+                        if let Some(until) = self.key_block_until(conn, key, &target.model) {
+                            note(until);
+                        }
+                    }
+                    records.push(AttemptRecord {
+                        target: target.label(),
+                        connection: conn.id.clone(),
+                        key_id: Some(key.id.clone()),
+                        fingerprint: Some(key.secret.fingerprint().to_string()),
+                        status: o.status,
+                        class: Some(o.class),
+                        skipped: None,
+                        skipped_for_limit: false,
+                        decision: Some(decision),
+                        message: o.message.clone(),
+                        retry_after_ms: o.retry_after_ms,
+                        millis: started.elapsed().as_millis() as u64,
+                    });
+                    match (decision, response) {
+                        (Decision::Return, Some(resp)) => return Ok(resp),
+                        // Nothing to return (no response arrived): keep going.
+                        (Decision::Return, None) | (Decision::Next, _) => continue,
+                        (Decision::NextConnection, _) => break,
+                        (Decision::NextTarget, _) => continue 'targets,
+                    }
+                }
+            }
+        }
+        Err(Ok(Exhausted {
+            earliest_unlock_ms: earliest,
+        }))
+    }
+
+    fn active_lock(&self, scope: &str) -> Option<Lock> {
+        self.quota().lock(scope)
+    }
+
+    /// When `key` becomes usable for `model` again, if it is locked now.
+    fn key_block(&self, conn: &Connection, key: &ApiKey, model: &str) -> Option<Lock> {
+        let a = self.active_lock(&Scopes::key(conn, key));
+        let b = self.active_lock(&Scopes::key_model(conn, key, model));
+        match (a, b) {
+            (Some(a), Some(b)) => Some(if a.until_ms >= b.until_ms { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn key_block_until(&self, conn: &Connection, key: &ApiKey, model: &str) -> Option<u64> {
+        self.key_block(conn, key, model).map(|l| l.until_ms)
+    }
+
+    /// The lock that ends first among a connection's keys (all of which are locked).
+    fn earliest_key_unlock(&self, conn: &Connection, model: &str) -> Option<Lock> {
+        conn.keys
+            .iter()
+            .filter_map(|k| self.key_block(conn, k, model))
+            .min_by_key(|l| l.until_ms)
+    }
+
+    /// One upstream attempt: the outcome, and the response to give the client if the
+    /// policy says "return". A 2xx is committed only once its first body byte arrived.
+    async fn try_once(
+        &self,
+        target: &Target,
+        key: &ApiKey,
+    ) -> (Outcome, Option<Response<ProxyBody>>) {
+        let provider = &target.provider;
+        let t = &self.snap.config.timeouts;
+        let scrub = |s: String| s.replace(key.secret.expose(), key.secret.fingerprint());
+        let req = match upstream::build_request(
+            provider,
+            self.format,
+            key,
+            self.headers,
+            self.parsed.body_for(&target.model),
+        ) {
+            Ok(r) => r,
+            Err(e) => return (Outcome::failure(OutcomeClass::Network, e.to_string()), None),
+        };
+        let resp = match self.runtime.upstream.send(req, t.upstream_headers).await {
+            Ok(r) => r,
+            Err(e @ UpstreamError::HeadersTimeout(_)) => {
+                return (Outcome::failure(OutcomeClass::Timeout, e.to_string()), None)
+            }
+            Err(e) => {
+                return (
+                    Outcome::failure(OutcomeClass::Network, scrub(e.to_string())),
+                    None,
+                )
+            }
+        };
+        let now = self.quota().now_ms();
+        let status = resp.status();
+        let (mut parts, mut body) = resp.into_parts();
+        let dialect = self.format.dialect();
+        if status.is_success() {
+            let first = match tokio::time::timeout(t.stream_idle, body.frame()).await {
+                Err(_) => {
+                    let msg = format!("no response body within {:?}", t.stream_idle);
+                    return (Outcome::failure(OutcomeClass::Timeout, msg), None);
+                }
+                Ok(Some(Err(e))) => {
+                    let msg = scrub(format!("response broke before its first byte: {e}"));
+                    return (Outcome::failure(OutcomeClass::Network, msg), None);
+                }
+                Ok(Some(Ok(frame))) => frame.into_data().ok(),
+                Ok(None) => None,
+            };
+            let outcome = Outcome::from_response(status, &parts.headers, "", now);
+            let resp = relay(
+                parts,
+                body,
+                first,
+                provider.id.clone(),
+                dialect,
+                t.stream_idle,
+            );
+            return (outcome, Some(resp));
+        }
+        let text = read_error_body(&mut body, t.stream_idle).await;
+        let outcome = Outcome::from_response(
+            status,
+            &parts.headers,
+            &scrub(String::from_utf8_lossy(&text).into_owned()),
+            now,
+        );
+        upstream::filter_response_headers(&mut parts.headers, false);
+        let resp = Response::from_parts(parts, body::full(text));
+        (outcome, Some(resp))
+    }
+}
+
+fn skip(target: &Target, connection: &str, lock: &Lock, why: &str) -> AttemptRecord {
+    AttemptRecord {
+        target: target.label(),
+        connection: connection.to_string(),
+        key_id: None,
+        fingerprint: None,
+        status: None,
+        class: None,
+        skipped: Some(format!("{why} ({})", lock.reason)),
+        skipped_for_limit: matches!(lock.reason.as_str(), "rate_limited" | "quota_exhausted"),
+        decision: None,
+        message: String::new(),
+        retry_after_ms: None,
+        millis: 0,
+    }
+}
+
+/// Reads at most [`ERROR_BODY_LIMIT`] bytes of an error body, bounded in time.
+async fn read_error_body(body: &mut Incoming, idle: Duration) -> Bytes {
+    let mut out = Vec::new();
+    while out.len() < ERROR_BODY_LIMIT {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    out.extend_from_slice(&data);
+                }
+            }
+            _ => break,
+        }
+    }
+    out.truncate(ERROR_BODY_LIMIT);
+    Bytes::from(out)
+}
+
+/// The client's response for a committed 2xx: status and filtered headers, the first
+/// frame, then the rest relayed frame by frame.
+fn relay(
+    mut parts: http::response::Parts,
+    body: Incoming,
+    first: Option<Bytes>,
+    provider: String,
+    dialect: Dialect,
+    idle: Duration,
+) -> Response<ProxyBody> {
+    let is_sse = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let sse = is_sse.then_some(dialect);
+    upstream::filter_response_headers(&mut parts.headers, sse.is_none());
+    let body = RelayBody::with_first(body, first, provider, idle, sse).boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
+/// The status for a request whose every attempt failed.
+pub fn exhausted_status(records: &[AttemptRecord]) -> StatusCode {
+    let real: Vec<_> = records.iter().filter_map(|r| r.class).collect();
+    let all_limited = !records.is_empty()
+        && records
+            .iter()
+            .all(|r| r.class.map_or(r.skipped_for_limit, OutcomeClass::is_limit));
+    if all_limited {
+        StatusCode::TOO_MANY_REQUESTS
+    } else if real.is_empty() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if real.iter().all(|c| *c == OutcomeClass::Timeout) {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::BAD_GATEWAY
+    }
+}

@@ -1,0 +1,197 @@
+//! Quota state that outlives any policy or config snapshot: locks with expiry (a lock whose
+//! window has passed is gone at the next look, no sweeper needed), sliding-window counters,
+//! and failure streaks. Keys are scope strings such as `key:openai/main/k1@gpt-4o`.
+
+mod clock;
+pub mod retry_after;
+mod windows;
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+pub use clock::{next_midnight_utc_ms, Clock, ManualClock, SystemClock};
+pub use windows::Windows;
+
+/// An active lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    pub until_ms: u64,
+    pub reason: String,
+}
+
+/// Locks, windows and streaks, shared by every request and every policy snapshot.
+#[derive(Debug)]
+pub struct QuotaState {
+    clock: Arc<dyn Clock>,
+    locks: DashMap<String, Lock>,
+    streaks: DashMap<String, u32>,
+    windows: Windows,
+}
+
+impl QuotaState {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clock,
+            locks: DashMap::new(),
+            streaks: DashMap::new(),
+            windows: Windows::default(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Locks `scope` for `ms` from now. An existing longer lock is kept.
+    pub fn lock_for(&self, scope: &str, ms: u64, reason: &str) -> u64 {
+        let until_ms = self.now_ms().saturating_add(ms);
+        self.lock_until(scope, until_ms, reason)
+    }
+
+    /// Locks `scope` until `until_ms`; returns the lock's effective end.
+    pub fn lock_until(&self, scope: &str, until_ms: u64, reason: &str) -> u64 {
+        let mut entry = self.locks.entry(scope.to_string()).or_insert(Lock {
+            until_ms: 0,
+            reason: String::new(),
+        });
+        if until_ms > entry.until_ms {
+            entry.until_ms = until_ms;
+            entry.reason = reason.to_string();
+        }
+        entry.until_ms
+    }
+
+    /// Removes a lock; true if one was active.
+    pub fn unlock(&self, scope: &str) -> bool {
+        let now = self.now_ms();
+        self.locks
+            .remove(scope)
+            .is_some_and(|(_, l)| l.until_ms > now)
+    }
+
+    /// The lock's end if `scope` is locked now. An expired lock is removed here.
+    pub fn locked_until(&self, scope: &str) -> Option<u64> {
+        let until = self.locks.get(scope)?.until_ms;
+        if until > self.now_ms() {
+            Some(until)
+        } else {
+            self.locks
+                .remove_if(scope, |_, l| l.until_ms <= self.now_ms());
+            None
+        }
+    }
+
+    /// The active lock on `scope`, if any.
+    pub fn lock(&self, scope: &str) -> Option<Lock> {
+        if self.locks.is_empty() {
+            return None;
+        }
+        let lock = self.locks.get(scope)?.clone();
+        if lock.until_ms > self.now_ms() {
+            Some(lock)
+        } else {
+            self.locks
+                .remove_if(scope, |_, l| l.until_ms <= self.now_ms());
+            None
+        }
+    }
+
+    pub fn is_locked(&self, scope: &str) -> bool {
+        // Fast path: no locks at all is the common case.
+        !self.locks.is_empty() && self.locked_until(scope).is_some()
+    }
+
+    /// Every active lock, for `/admin/state` and `keyway explain`.
+    pub fn active_locks(&self) -> Vec<(String, Lock)> {
+        let now = self.now_ms();
+        let mut out: Vec<_> = self
+            .locks
+            .iter()
+            .filter(|e| e.until_ms > now)
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        self.locks.retain(|_, l| l.until_ms > now);
+        out
+    }
+
+    /// Records a failure for `scope` and returns the streak length.
+    pub fn fail(&self, scope: &str) -> u32 {
+        let mut e = self.streaks.entry(scope.to_string()).or_insert(0);
+        *e = e.saturating_add(1);
+        *e
+    }
+
+    /// Ends a failure streak.
+    pub fn clear_streak(&self, scope: &str) {
+        if !self.streaks.is_empty() {
+            self.streaks.remove(scope);
+        }
+    }
+
+    pub fn streak(&self, scope: &str) -> u32 {
+        self.streaks.get(scope).map_or(0, |v| *v)
+    }
+
+    /// Counts one event in `counter`'s sliding window and returns the window's count.
+    pub fn hit(&self, counter: &str, window_ms: u64) -> u64 {
+        self.windows.hit(counter, window_ms, self.now_ms())
+    }
+
+    /// Events in `counter`'s sliding window now.
+    pub fn count(&self, counter: &str, window_ms: u64) -> u64 {
+        self.windows.count(counter, window_ms, self.now_ms())
+    }
+
+    /// Drops state for scopes that no longer exist (after a config reload removed keys).
+    pub fn retain_scopes(&self, keep: impl Fn(&str) -> bool) {
+        self.locks.retain(|k, _| keep(k));
+        self.streaks.retain(|k, _| keep(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> (Arc<ManualClock>, QuotaState) {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        (clock.clone(), QuotaState::new(clock))
+    }
+
+    #[test]
+    fn a_lock_is_gone_the_moment_its_window_passes() {
+        let (clock, q) = state();
+        q.lock_for("key:a", 30_000, "rate_limited");
+        assert!(q.is_locked("key:a"));
+        clock.advance_ms(29_999);
+        assert_eq!(q.locked_until("key:a"), Some(1_030_000));
+        clock.advance_ms(1);
+        assert!(!q.is_locked("key:a"));
+        assert!(q.active_locks().is_empty());
+    }
+
+    #[test]
+    fn a_shorter_lock_never_shortens_a_longer_one() {
+        let (_, q) = state();
+        q.lock_for("s", 60_000, "quota");
+        assert_eq!(q.lock_for("s", 1_000, "rate"), 1_060_000);
+        assert_eq!(q.active_locks()[0].1.reason, "quota");
+        assert!(q.unlock("s"));
+        assert!(!q.is_locked("s"));
+    }
+
+    #[test]
+    fn streaks_count_and_clear() {
+        let (_, q) = state();
+        assert_eq!(q.fail("k"), 1);
+        assert_eq!(q.fail("k"), 2);
+        q.clear_streak("k");
+        assert_eq!(q.streak("k"), 0);
+    }
+}

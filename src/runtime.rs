@@ -1,0 +1,74 @@
+//! The long-lived core: registries that outlive any snapshot (quota locks and windows, key
+//! rotation state, the outbound client) and the current [`Snapshot`] (config, client auth,
+//! policy), swapped whole and atomically. A request loads the snapshot once and finishes on
+//! it, whatever reloads happen meanwhile.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::keys::KeyRegistry;
+use crate::policy::{Policy, PolicyLoadError};
+use crate::proxy::ClientAuth;
+use crate::quota::{Clock, QuotaState};
+use crate::upstream::Upstream;
+
+/// What one request sees, consistently.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub auth: ClientAuth,
+    pub policy: Arc<Policy>,
+}
+
+pub struct Runtime {
+    snapshot: ArcSwap<Snapshot>,
+    pub quota: Arc<QuotaState>,
+    pub keys: KeyRegistry,
+    pub upstream: Upstream,
+}
+
+impl Runtime {
+    /// Loads the policy the config names and builds the registries.
+    pub fn new(config: Arc<Config>, clock: Arc<dyn Clock>) -> Result<Self, PolicyLoadError> {
+        let quota = Arc::new(QuotaState::new(clock));
+        let policy = Arc::new(Policy::load(&config, quota.clone())?);
+        Ok(Self {
+            keys: KeyRegistry::new(&config),
+            upstream: Upstream::new(&config.timeouts),
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                auth: ClientAuth::new(&config.auth),
+                config,
+                policy,
+            }),
+            quota,
+        })
+    }
+
+    /// The current snapshot; hold it for the whole request.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Installs a new policy for the current config.
+    pub fn install_policy(&self, policy: Arc<Policy>) {
+        let current = self.snapshot.load();
+        self.snapshot.store(Arc::new(Snapshot {
+            config: current.config.clone(),
+            auth: ClientAuth::new(&current.config.auth),
+            policy,
+        }));
+    }
+
+    /// Installs a new config with its policy; key state carries over by key id.
+    pub fn install_config(&self, config: Arc<Config>, policy: Arc<Policy>) {
+        let previous = self.snapshot.load_full();
+        self.keys.rebuild(Some(&previous.config), &config);
+        self.snapshot.store(Arc::new(Snapshot {
+            auth: ClientAuth::new(&config.auth),
+            config,
+            policy,
+        }));
+    }
+}
