@@ -1,11 +1,16 @@
-//! Command line: `keyway run`, `keyway check`, `keyway version`.
+//! Command line: `keyway run`, `keyway check`, `keyway explain`, `keyway version`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config;
+use crate::format::ApiFormat;
+use crate::keys::KeyRegistry;
+use crate::policy::explain::ExplainRequest;
+use crate::policy::{self, fixtures, Policy};
+use crate::quota::{QuotaState, SystemClock};
 use crate::server::Server;
 
 #[derive(Debug, Parser)]
@@ -36,10 +41,29 @@ pub enum Command {
         #[arg(short, long, default_value = "keyway.toml")]
         config: PathBuf,
     },
-    /// Validate the config (and resolve its secrets) without serving.
+    /// Validate the config (resolving its secrets) and the policy, and run the policy's
+    /// fixtures (`<policy dir>/tests/*.toml`), without serving.
     Check {
         #[arg(short, long, default_value = "keyway.toml")]
         config: PathBuf,
+    },
+    /// Show what the policy would do for a request: candidates in order, the key each
+    /// would get, and active locks. Sends nothing.
+    Explain {
+        #[arg(short, long, default_value = "keyway.toml")]
+        config: PathBuf,
+        /// The requested model name.
+        #[arg(long)]
+        model: String,
+        /// The client name the request comes from.
+        #[arg(long, default_value = "cli")]
+        client: String,
+        /// chat.completions, completions, embeddings or messages.
+        #[arg(long, default_value = "chat.completions")]
+        endpoint: String,
+        /// Output JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the version.
     Version,
@@ -65,23 +89,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("keyway {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Check { config } => {
-            let cfg = config::load(&config)?;
-            let keys: usize = cfg
-                .providers
-                .iter()
-                .flat_map(|p| p.connections.iter())
-                .map(|c| c.keys.len())
-                .sum();
-            println!(
-                "{}: ok ({} providers, {} keys, {} clients)",
-                config.display(),
-                cfg.providers.len(),
-                keys,
-                cfg.auth.clients.len()
-            );
-            Ok(())
-        }
+        Command::Check { config } => check(&config),
+        Command::Explain {
+            config,
+            model,
+            client,
+            endpoint,
+            json,
+        } => explain(&config, model, client, &endpoint, json),
         Command::Run { config } => {
             let cfg = Arc::new(config::load(&config)?);
             let server = Server::bind(cfg.clone()).await?;
@@ -100,6 +115,104 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn check(path: &Path) -> anyhow::Result<()> {
+    let cfg = config::load(path)?;
+    let keys: usize = cfg
+        .providers
+        .iter()
+        .flat_map(|p| p.connections.iter())
+        .map(|c| c.keys.len())
+        .sum();
+    println!(
+        "{}: ok ({} providers, {} keys, {} clients)",
+        path.display(),
+        cfg.providers.len(),
+        keys,
+        cfg.auth.clients.len()
+    );
+    let (source, text) = policy::read_source(&cfg.policy)?;
+    let quota = Arc::new(QuotaState::new(Arc::new(SystemClock)));
+    let loaded = Policy::compile(source.clone(), &text, &cfg, quota)?;
+    println!(
+        "{}: ok ({} routes, hash {})",
+        loaded.source,
+        loaded.router().table().len(),
+        loaded.hash
+    );
+    let Some(dir) = &cfg.policy.dir else {
+        return Ok(());
+    };
+    let report = fixtures::run(&cfg, &source, &text, dir);
+    for f in &report.failures {
+        println!("FAIL {f}");
+    }
+    println!(
+        "policy fixtures: {} passed, {} failed ({} files)",
+        report.passed,
+        report.failures.len(),
+        report.files
+    );
+    if report.failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} policy fixture(s) failed", report.failures.len())
+    }
+}
+
+fn explain(
+    path: &Path,
+    model: String,
+    client: String,
+    endpoint: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let cfg = config::load(path)?;
+    let quota = Arc::new(QuotaState::new(Arc::new(SystemClock)));
+    let loaded = Policy::load(&cfg, quota)?;
+    let format = match endpoint {
+        "chat.completions" => ApiFormat::OpenAiChat,
+        "completions" => ApiFormat::OpenAiCompletions,
+        "embeddings" => ApiFormat::OpenAiEmbeddings,
+        "messages" => ApiFormat::AnthropicMessages,
+        other => anyhow::bail!(
+            "unknown endpoint `{other}`; use chat.completions, completions, embeddings or messages"
+        ),
+    };
+    let req = ExplainRequest {
+        model,
+        client,
+        format,
+        stream: false,
+        headers: http::HeaderMap::new(),
+    };
+    let keys = KeyRegistry::new(&cfg);
+    let ex = policy::explain::explain(&loaded, &cfg, &keys, &req)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&ex)?);
+        return Ok(());
+    }
+    println!(
+        "model `{}` with policy {} ({})",
+        ex.model, ex.policy, ex.policy_hash
+    );
+    if ex.candidates.is_empty() {
+        println!("  no candidates: the request would get 404 model_not_found");
+    }
+    for (i, c) in ex.candidates.iter().enumerate() {
+        match &c.skipped {
+            Some(why) => println!("  {}. {}  skipped: {why}", i + 1, c.target),
+            None => println!("  {}. {}  key: {}", i + 1, c.target, c.keys.join(", then ")),
+        }
+    }
+    if ex.locks.is_empty() {
+        println!("  no active locks (this process's state; a running Keyway shows its own at /admin/state)");
+    }
+    for (scope, secs, reason) in &ex.locks {
+        println!("  lock {scope}: {secs:.0}s left ({reason})");
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -116,6 +116,9 @@ pub fn key_usable(quota: &QuotaState, c: &ConnView, index: usize) -> bool {
     if c.tried.contains(&index) {
         return false;
     }
+    if quota.has_no_locks() {
+        return true;
+    }
     let key = &c.conn.keys[index];
     !quota.is_locked(&crate::keys::Scopes::key(&c.conn, key))
         && !quota.is_locked(&crate::keys::Scopes::key_model(&c.conn, key, &c.model))

@@ -12,6 +12,8 @@
 
 pub mod defaults;
 mod engine;
+pub mod explain;
+pub mod fixtures;
 pub mod views;
 
 use std::path::{Path, PathBuf};

@@ -86,6 +86,12 @@ impl QuotaState {
         }
     }
 
+    /// True when no lock exists at all (expired ones included): lets hot paths skip
+    /// building scope names.
+    pub fn has_no_locks(&self) -> bool {
+        self.locks.is_empty()
+    }
+
     /// The active lock on `scope`, if any.
     pub fn lock(&self, scope: &str) -> Option<Lock> {
         if self.locks.is_empty() {

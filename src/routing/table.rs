@@ -73,8 +73,10 @@ impl RouteTable {
     /// The fallback chain for `model`: an exact alias, else the most specific matching
     /// pattern, else `None`. Also returns the pattern that matched.
     pub fn lookup(&self, model: &str) -> Option<(&str, &[TargetSpec])> {
-        if let Some((name, t)) = self.exact.get_key_value(&model.to_ascii_lowercase()) {
-            return Some((name.as_str(), t));
+        if !self.exact.is_empty() {
+            if let Some((name, t)) = self.exact.get_key_value(&model.to_ascii_lowercase()) {
+                return Some((name.as_str(), t));
+            }
         }
         self.patterns
             .iter()

@@ -1,0 +1,143 @@
+//! What the policy would do for a request right now, without sending anything: the
+//! candidates in order, the key each would get, and the locks in force. Used by
+//! `keyway explain`, policy fixtures and `/admin/explain`.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use serde::Serialize;
+
+use super::{defaults, ConnView, Policy, PolicyError, RequestInfo, RequestView};
+use crate::config::Config;
+use crate::format::ApiFormat;
+use crate::keys::{KeyRegistry, Scopes};
+
+/// A request to explain.
+#[derive(Debug, Clone)]
+pub struct ExplainRequest {
+    pub model: String,
+    pub client: String,
+    pub format: ApiFormat,
+    pub stream: bool,
+    pub headers: HeaderMap,
+}
+
+impl ExplainRequest {
+    pub fn view(&self) -> RequestView {
+        RequestView(Arc::new(RequestInfo {
+            model: self.model.clone(),
+            format: self.format,
+            stream: self.stream,
+            client: self.client.clone(),
+            headers: self.headers.clone(),
+            max_tokens: None,
+            input_tokens: 0,
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CandidateReport {
+    /// `provider/model`.
+    pub target: String,
+    /// Why this candidate would be skipped, if it would.
+    pub skipped: Option<String>,
+    /// `connection/key` that `select_key` picks, per connection in order.
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub model: String,
+    pub policy: String,
+    pub policy_hash: String,
+    pub candidates: Vec<CandidateReport>,
+    /// Active locks: scope, seconds left, reason.
+    pub locks: Vec<(String, f64, String)>,
+}
+
+/// Runs `route` and, per candidate and connection, `select_key`; advances rotation state
+/// like a real request would.
+pub fn explain(
+    policy: &Policy,
+    config: &Config,
+    keys: &KeyRegistry,
+    req: &ExplainRequest,
+) -> Result<Explanation, PolicyError> {
+    let view = req.view();
+    let quota = policy.quota();
+    let candidates = policy.route(&view)?;
+    let mut out = Vec::new();
+    for c in &candidates {
+        let model = c.spec.model_for(&req.model).to_string();
+        let target = format!("{}/{model}", c.spec.provider);
+        let Some(provider) = config.providers.iter().find(|p| p.id == c.spec.provider) else {
+            out.push(CandidateReport {
+                target,
+                skipped: Some("unknown provider".into()),
+                keys: vec![],
+            });
+            continue;
+        };
+        if !req.format.spoken_by(provider.kind) {
+            let why = format!("{} does not accept {} requests", provider.kind, req.format);
+            out.push(CandidateReport {
+                target,
+                skipped: Some(why),
+                keys: vec![],
+            });
+            continue;
+        }
+        if quota.is_locked(&Scopes::model(&provider.id, &model)) {
+            out.push(CandidateReport {
+                target,
+                skipped: Some("model locked".into()),
+                keys: vec![],
+            });
+            continue;
+        }
+        let mut picks = Vec::new();
+        for conn in provider
+            .connections
+            .iter()
+            .filter(|k| c.connection.as_ref().is_none_or(|id| &k.id == id))
+        {
+            if quota.is_locked(&Scopes::connection(conn)) {
+                picks.push(format!("{}: cooling down", conn.id));
+                continue;
+            }
+            let cv = ConnView {
+                conn: conn.clone(),
+                pool: keys.pool(conn),
+                model: Arc::from(model.as_str()),
+                tried: Arc::from(Vec::new()),
+            };
+            let pick = match policy.select_key(&view, &cv) {
+                Ok(p) => p,
+                Err(PolicyError::Failed { .. }) => defaults::select_key(quota, &cv),
+                Err(e) => return Err(e),
+            };
+            picks.push(match pick {
+                Some(i) => format!("{}/{}", conn.id, conn.keys[i].id),
+                None => format!("{}: no usable key", conn.id),
+            });
+        }
+        out.push(CandidateReport {
+            target,
+            skipped: None,
+            keys: picks,
+        });
+    }
+    let now = quota.now_ms();
+    Ok(Explanation {
+        model: req.model.clone(),
+        policy: policy.source.to_string(),
+        policy_hash: policy.hash.clone(),
+        candidates: out,
+        locks: quota
+            .active_locks()
+            .into_iter()
+            .map(|(scope, l)| (scope, (l.until_ms - now) as f64 / 1000.0, l.reason))
+            .collect(),
+    })
+}
