@@ -111,6 +111,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 env!("CARGO_PKG_VERSION"),
                 cfg.providers.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", ")
             );
+            let reloader = Arc::new(server.reloader(&config));
+            let _watch = match reloader.watch() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch files for changes; reload with SIGHUP instead");
+                    None
+                }
+            };
+            tokio::spawn(reload_on_sighup(reloader.clone()));
             server.run(shutdown_signal()).await;
             Ok(())
         }
@@ -213,6 +222,21 @@ fn explain(
         println!("  lock {scope}: {secs:.0}s left ({reason})");
     }
     Ok(())
+}
+
+/// Reloads config, policy and certificate on each SIGHUP.
+async fn reload_on_sighup(reloader: Arc<crate::reload::Reloader>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let r = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || r.reload("sighup")).await;
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -40,6 +40,7 @@ pub enum ServerError {
 pub struct Server {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    certs: Option<Arc<tls::CertStore>>,
     proxy: Arc<Proxy>,
     timeouts: Timeouts,
 }
@@ -60,13 +61,16 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
-        let tls = match &config.server.tls {
-            Some(files) => Some(TlsAcceptor::from(tls::server_config(files)?)),
+        let certs = match &config.server.tls {
+            Some(files) => Some(Arc::new(tls::CertStore::load(files)?)),
             None => None,
         };
         Ok(Self {
             listener,
-            tls,
+            tls: certs
+                .clone()
+                .map(|c| TlsAcceptor::from(tls::server_config(c))),
+            certs,
             timeouts: config.timeouts,
             proxy: Arc::new(Proxy::new(runtime)),
         })
@@ -74,6 +78,15 @@ impl Server {
 
     pub fn runtime(&self) -> &Arc<Runtime> {
         self.proxy.runtime()
+    }
+
+    /// The reloader for this server's config file, runtime and certificate.
+    pub fn reloader(&self, config_path: &std::path::Path) -> crate::reload::Reloader {
+        crate::reload::Reloader::new(
+            self.runtime().clone(),
+            config_path.to_path_buf(),
+            self.certs.clone(),
+        )
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

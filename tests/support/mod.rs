@@ -6,7 +6,7 @@ pub mod mock;
 pub mod proxy;
 
 pub use mock::{MockUpstream, Reply};
-pub use proxy::TestProxy;
+pub use proxy::{configmap_swap, save_atomically, wait_reload, TestProxy};
 
 /// A small chat request body.
 pub fn chat(model: &str) -> serde_json::Value {

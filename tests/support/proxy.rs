@@ -22,6 +22,8 @@ struct ProviderSpec {
 pub struct TestProxyBuilder {
     clock: Option<Arc<keyway::quota::ManualClock>>,
     policy: Option<String>,
+    configmap: bool,
+    watch: bool,
     policy_settings: Vec<(String, String)>,
     providers: Vec<ProviderSpec>,
     clients: Vec<(String, String)>,
@@ -67,6 +69,20 @@ impl TestProxyBuilder {
     /// Writes `text` as `policies/main.rhai` and points the config at it.
     pub fn policy(mut self, text: &str) -> Self {
         self.policy = Some(text.to_string());
+        self
+    }
+
+    /// Lays the policy out like a mounted Kubernetes ConfigMap: `policies/main.rhai` is a
+    /// symlink to `..data/main.rhai`, and `..data` a symlink to a timestamped folder.
+    pub fn policy_configmap(mut self, text: &str) -> Self {
+        self.policy = Some(text.to_string());
+        self.configmap = true;
+        self
+    }
+
+    /// Watches config, policy and certificate files and reloads on change.
+    pub fn watch(mut self) -> Self {
+        self.watch = true;
         self
     }
 
@@ -124,8 +140,14 @@ impl TestProxyBuilder {
         if self.policy.is_some() || !self.policy_settings.is_empty() {
             toml.push_str("\n[policy]\n");
             if let Some(text) = &self.policy {
-                std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-                std::fs::write(dir.path().join("policies/main.rhai"), text).unwrap();
+                let pdir = dir.path().join("policies");
+                std::fs::create_dir_all(&pdir).unwrap();
+                if self.configmap {
+                    configmap_swap(&pdir, "..2030_01_01_00_00_00.000000001", text);
+                    std::os::unix::fs::symlink("..data/main.rhai", pdir.join("main.rhai")).unwrap();
+                } else {
+                    std::fs::write(pdir.join("main.rhai"), text).unwrap();
+                }
                 toml.push_str("dir = \"policies\"\n");
             }
             for (k, v) in &self.policy_settings {
@@ -176,12 +198,16 @@ impl TestProxyBuilder {
         }
         .unwrap_or_else(|e| panic!("{e}"));
         let addr = server.local_addr().unwrap();
+        let reloader = Arc::new(server.reloader(&path));
+        let watch = self.watch.then(|| reloader.watch().expect("watch files"));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
         TestProxy {
             addr,
+            reloader,
+            _watch: watch,
             dir,
             cert,
             client_key: self.clients.first().map(|c| c.1.clone()),
@@ -194,6 +220,8 @@ impl TestProxyBuilder {
 /// A running Keyway.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    pub reloader: Arc<keyway::reload::Reloader>,
+    _watch: Option<keyway::reload::WatchGuard>,
     pub dir: TempDir,
     pub cert: Option<TestCert>,
     pub client_key: Option<String>,
@@ -265,4 +293,42 @@ impl TestProxy {
         }
         self.task.take().expect("already shut down")
     }
+}
+
+/// A Kubernetes-style atomic update of a ConfigMap mount at `dir`: write a new timestamped
+/// folder, point `..data_tmp` at it, and rename that over `..data`.
+pub fn configmap_swap(dir: &std::path::Path, stamp: &str, main_rhai: &str) {
+    let data = dir.join(stamp);
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("main.rhai"), main_rhai).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(stamp, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+}
+
+/// Waits (bounded) for a reload report that satisfies `want`.
+pub async fn wait_reload(
+    rx: &mut tokio::sync::broadcast::Receiver<keyway::reload::ReloadReport>,
+    want: impl Fn(&keyway::reload::ReloadReport) -> bool,
+) -> keyway::reload::ReloadReport {
+    let wait = async {
+        loop {
+            match rx.recv().await {
+                Ok(r) if want(&r) => return r,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(e) => panic!("reload events closed: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), wait)
+        .await
+        .expect("no matching reload within 10 s")
+}
+
+/// Replaces a file atomically, as editors do (write a temp file, rename it over).
+pub fn save_atomically(path: &std::path::Path, contents: impl AsRef<[u8]>) {
+    let tmp = path.with_extension("swp-tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
