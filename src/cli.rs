@@ -22,9 +22,9 @@ use crate::server::Server;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log format (overrides the config's `[log] format`).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -69,10 +69,10 @@ pub enum Command {
     Version,
 }
 
-/// Sets up logging: `RUST_LOG` filters (default `info`), text or JSON lines on stderr.
-pub fn init_logging(format: LogFormat) {
+/// Sets up logging: `RUST_LOG` filters (else `level`), text or JSON lines on stderr.
+pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -99,6 +99,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => explain(&config, model, client, &endpoint, json),
         Command::Run { config } => {
             let cfg = Arc::new(config::load(&config)?);
+            let format = cli.log_format.unwrap_or(if cfg.log.json {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            });
+            init_logging(format, &cfg.log.level);
+            let prometheus = crate::metrics::install();
+            crate::metrics::spawn_upkeep(prometheus.clone());
             let server = Server::bind(cfg.clone()).await?;
             let scheme = if cfg.server.tls.is_some() {
                 "https"
@@ -120,7 +128,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             tokio::spawn(reload_on_sighup(reloader.clone()));
+            let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+            if let Some(admin) = &cfg.admin {
+                let admin_server = crate::admin::AdminServer::bind(
+                    admin.listen,
+                    server.runtime().clone(),
+                    reloader.clone(),
+                    prometheus,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin): {e}", admin.listen))?;
+                tracing::info!(addr = %admin_server.local_addr()?, "admin listening (/metrics, /healthz, /readyz, /admin/*)");
+                tokio::spawn(admin_server.run(async {
+                    let _ = admin_stopped.await;
+                }));
+            }
             server.run(shutdown_signal()).await;
+            let _ = stop_admin.send(());
             Ok(())
         }
     }

@@ -10,6 +10,7 @@
 //! it, streaming SSE event by event. [`config`] turns `keyway.toml` into the validated
 //! [`config::Config`]; [`runtime`] holds the long-lived state and the current snapshot.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod format;

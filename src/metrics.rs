@@ -1,9 +1,157 @@
-//! Metric names, in one place. All are prefixed `keyway_`; labels never carry secrets
-//! (keys appear as configured ids or fingerprints) or unbounded client input.
+//! Metric names in one place, their descriptions, and the Prometheus recorder. All names
+//! are prefixed `keyway_`. Labels never carry secrets (keys appear as configured key ids)
+//! or unbounded client input (model names outside the config are reported as `other`).
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Client requests, by `endpoint`, `model`, `status`.
+pub const REQUESTS: &str = "keyway_requests_total";
+/// Upstream attempts, by `provider`, `connection`, `outcome` (class).
+pub const ATTEMPTS: &str = "keyway_attempts_total";
+/// Attempts after which the loop moved on, by `provider`, `outcome`.
+pub const FALLBACKS: &str = "keyway_fallbacks_total";
+/// Whole request, until the last body byte, by `endpoint`.
+pub const REQUEST_DURATION: &str = "keyway_request_duration_seconds";
+/// Upstream time to first byte (send → first body byte), by `provider`.
+pub const UPSTREAM_TTFB: &str = "keyway_upstream_ttfb_seconds";
+/// Keyway's own time per request: until response headers, minus time waiting on upstreams.
+pub const OVERHEAD: &str = "keyway_overhead_seconds";
+/// Streamed responses, first byte to last, by `provider`.
+pub const STREAM_DURATION: &str = "keyway_stream_duration_seconds";
+pub const OPEN_STREAMS: &str = "keyway_open_streams";
+pub const IN_FLIGHT: &str = "keyway_inflight_requests";
+/// Tokens from `usage` (JSON and SSE), by `provider`, `model`, `kind` (prompt|completion).
+pub const TOKENS: &str = "keyway_tokens_total";
+/// Keys chosen for attempts, by `provider`, `connection`, `key` (configured id).
+pub const KEY_SELECTIONS: &str = "keyway_key_selections_total";
+/// Locks placed by policies, by `scope` (without the model part) and `reason`.
+pub const LOCK_EVENTS: &str = "keyway_lock_events_total";
+/// 1 if a key is usable now, 0 if locked, by `provider`, `connection`, `key`.
+pub const KEY_HEALTH: &str = "keyway_key_healthy";
+/// Policy hook calls, by `hook`.
+pub const POLICY_EVALUATIONS: &str = "keyway_policy_evaluations_total";
+/// Failed policy hook calls (errors, limits, deadlines; not `throw`), by `hook`.
+pub const POLICY_ERRORS: &str = "keyway_policy_errors_total";
+/// Time in one policy hook call, by `hook`.
+pub const POLICY_EVAL_TIME: &str = "keyway_policy_evaluation_seconds";
 /// Policy and config reloads, by `result` (`ok`, `error`, `unchanged`) and `trigger`.
 pub const POLICY_RELOADS: &str = "keyway_policy_reloads_total";
 /// Unix time (seconds) of the last successful reload.
 pub const POLICY_LAST_RELOAD: &str = "keyway_policy_last_reload_timestamp_seconds";
 /// TLS certificate reloads, by `result`.
 pub const TLS_RELOADS: &str = "keyway_tls_reloads_total";
+
+/// Buckets for fast paths: 10 µs to 1 s.
+const FINE: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 1.0,
+];
+/// Buckets for upstream-bound times: 5 ms to 10 min.
+const SLOW: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(OVERHEAD.into()), FINE)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(POLICY_EVAL_TIME.into()), FINE)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), SLOW)
+                })
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(UPSTREAM_TTFB.into()), SLOW))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STREAM_DURATION.into()), SLOW))
+                .expect("bucket lists are non-empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!(
+                    "a metrics recorder was already installed; /metrics shows Keyway's own only"
+                );
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+/// Runs the exporter's periodic upkeep (histogram compaction) until the process ends.
+pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    })
+}
+
+fn describe() {
+    describe_counter!(REQUESTS, "Client requests by endpoint, model and status");
+    describe_counter!(
+        ATTEMPTS,
+        "Upstream attempts by provider, connection and outcome class"
+    );
+    describe_counter!(
+        FALLBACKS,
+        "Attempts after which Keyway moved on to another key or candidate"
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Request duration until the last body byte"
+    );
+    describe_histogram!(
+        UPSTREAM_TTFB,
+        Unit::Seconds,
+        "Upstream time to first body byte"
+    );
+    describe_histogram!(
+        OVERHEAD,
+        Unit::Seconds,
+        "Keyway's own time per request (total minus upstream wait)"
+    );
+    describe_histogram!(STREAM_DURATION, Unit::Seconds, "Streamed response duration");
+    describe_gauge!(OPEN_STREAMS, "Streams being relayed now");
+    describe_gauge!(IN_FLIGHT, "Requests in flight now");
+    describe_counter!(
+        TOKENS,
+        "Tokens reported in upstream usage, by provider, model and kind"
+    );
+    describe_counter!(
+        KEY_SELECTIONS,
+        "Keys selected for attempts, by configured key id"
+    );
+    describe_counter!(LOCK_EVENTS, "Locks placed, by scope and reason");
+    describe_gauge!(KEY_HEALTH, "1 if a key is usable now, 0 if locked");
+    describe_counter!(POLICY_EVALUATIONS, "Policy hook calls");
+    describe_counter!(
+        POLICY_ERRORS,
+        "Policy hook calls that failed (errors, limits, deadlines)"
+    );
+    describe_histogram!(
+        POLICY_EVAL_TIME,
+        Unit::Seconds,
+        "Time in one policy hook call"
+    );
+    describe_counter!(
+        POLICY_RELOADS,
+        "Config and policy reloads by result and trigger"
+    );
+    describe_gauge!(
+        POLICY_LAST_RELOAD,
+        Unit::Seconds,
+        "Unix time of the last successful reload"
+    );
+    describe_counter!(TLS_RELOADS, "TLS certificate reloads by result");
+}

@@ -24,6 +24,8 @@ pub struct Snapshot {
 
 pub struct Runtime {
     snapshot: ArcSwap<Snapshot>,
+    /// Set while the proxy listener accepts connections (for `/readyz`).
+    ready: std::sync::atomic::AtomicBool,
     pub quota: Arc<QuotaState>,
     pub keys: KeyRegistry,
     pub upstream: Upstream,
@@ -35,6 +37,7 @@ impl Runtime {
         let quota = Arc::new(QuotaState::new(clock));
         let policy = Arc::new(Policy::load(&config, quota.clone())?);
         Ok(Self {
+            ready: std::sync::atomic::AtomicBool::new(false),
             keys: KeyRegistry::new(&config),
             upstream: Upstream::new(&config.timeouts),
             snapshot: ArcSwap::from_pointee(Snapshot {
@@ -44,6 +47,15 @@ impl Runtime {
             }),
             quota,
         })
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// True once config and policy are loaded and the proxy listener is serving.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The current snapshot; hold it for the whole request.

@@ -10,6 +10,7 @@ use support::{chat, chat_stream, MockUpstream, Reply, TestProxy};
 
 const CLIENT_KEY: &str = "kw-client-SECRET-c1c1c1c1c1";
 const PROVIDER_KEYS: [&str; 2] = ["sk-SECRET-provider-aaaaaaaa", "sk-SECRET-provider-bbbbbbbb"];
+const ADMIN_TOKEN: &str = "admin-SECRET-token-0000";
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -43,6 +44,7 @@ async fn secrets_never_reach_logs_or_error_bodies() {
         .port();
     let proxy = TestProxy::builder()
         .client("dev", CLIENT_KEY)
+        .admin(Some(ADMIN_TOKEN), false)
         .provider(
             "openai",
             "openai",
@@ -94,7 +96,22 @@ async fn secrets_never_reach_logs_or_error_bodies() {
     assert_eq!(resp.status(), 502);
     bodies.push(resp.text().await.unwrap());
 
+    // Everything an operator can read: metrics, state, explain.
+    for path in ["/metrics", "/admin/state", "/admin/explain?model=gpt-4o"] {
+        let resp = reqwest::Client::new()
+            .get(proxy.admin_url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        bodies.push(resp.text().await.unwrap());
+    }
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("ttfb_ms") && logs.contains("total_ms"),
+        "one structured line per request: {logs}"
+    );
     assert!(
         logs.contains("keyway::request"),
         "request log lines are captured"
@@ -102,7 +119,7 @@ async fn secrets_never_reach_logs_or_error_bodies() {
     assert!(logs.contains("sk-…"), "keys show as fingerprints: {logs}");
     for secret in PROVIDER_KEYS
         .iter()
-        .chain([&CLIENT_KEY, &"kw-client-SECRET-wrong"])
+        .chain([&CLIENT_KEY, &"kw-client-SECRET-wrong", &ADMIN_TOKEN])
     {
         assert!(!logs.contains(secret), "secret {secret} in logs");
         for b in &bodies {

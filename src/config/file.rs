@@ -16,8 +16,24 @@ pub(super) struct FileConfig {
     pub auth: Spanned<AuthSection>,
     #[serde(default)]
     pub policy: PolicySection,
+    #[serde(default)]
+    pub log: LogSection,
     #[serde(default, rename = "provider")]
     pub providers: Vec<ProviderSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogSection {
+    pub format: Option<LogFormatName>,
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum LogFormatName {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Default, Deserialize)]

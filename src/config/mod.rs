@@ -30,7 +30,16 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub auth: AuthConfig,
     pub policy: PolicyConfig,
+    pub log: LogConfig,
     pub providers: Vec<Arc<Provider>>,
+}
+
+/// Logging: one structured line per request, plus events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub json: bool,
+    /// A `RUST_LOG`-style filter; `RUST_LOG` itself wins when set.
+    pub level: String,
 }
 
 /// How policy scripts are loaded and run.
@@ -331,6 +340,10 @@ impl Validator<'_> {
             admin,
             auth,
             policy,
+            log: LogConfig {
+                json: matches!(raw.log.format, Some(file::LogFormatName::Json)),
+                level: raw.log.level.clone().unwrap_or_else(|| "info".into()),
+            },
             providers,
         })
     }

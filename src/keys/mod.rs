@@ -186,6 +186,34 @@ impl KeyRegistry {
         self.pools.store(Arc::new(pools));
     }
 
+    /// A copy of the current rotation state that shares nothing with this registry: for
+    /// answering "what would happen" without moving live cursors.
+    pub fn detached(&self) -> KeyRegistry {
+        let pools = self
+            .pools
+            .load()
+            .iter()
+            .map(|(name, p)| {
+                let copy = KeyPool {
+                    cursor: AtomicU64::new(p.position()),
+                    stats: p
+                        .stats
+                        .iter()
+                        .map(|s| {
+                            Arc::new(KeyStats {
+                                selected: AtomicU64::new(s.selected.load(Ordering::Relaxed)),
+                            })
+                        })
+                        .collect(),
+                };
+                (name.clone(), Arc::new(copy))
+            })
+            .collect();
+        KeyRegistry {
+            pools: ArcSwap::from_pointee(pools),
+        }
+    }
+
     /// The pool for a connection of the current config.
     pub fn pool(&self, conn: &Connection) -> Arc<KeyPool> {
         self.pools

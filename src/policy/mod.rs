@@ -229,14 +229,23 @@ impl Policy {
     }
 
     fn call(&self, hook: &'static str, args: impl FuncArgs) -> Result<Dynamic, PolicyError> {
+        let started = std::time::Instant::now();
         let _deadline = engine::DeadlineGuard::set(self.settings.call_timeout);
         let mut scope = Scope::new();
         let options = rhai::CallFnOptions::new()
             .eval_ast(false)
             .rewind_scope(false);
-        self.engine
+        let result = self
+            .engine
             .call_fn_with_options::<Dynamic>(options, &mut scope, &self.ast, hook, args)
-            .map_err(|e| self.runtime_error(hook, *e))
+            .map_err(|e| self.runtime_error(hook, *e));
+        metrics::counter!(crate::metrics::POLICY_EVALUATIONS, "hook" => hook).increment(1);
+        metrics::histogram!(crate::metrics::POLICY_EVAL_TIME, "hook" => hook)
+            .record(started.elapsed().as_secs_f64());
+        if let Err(PolicyError::Failed { .. }) = &result {
+            metrics::counter!(crate::metrics::POLICY_ERRORS, "hook" => hook).increment(1);
+        }
+        result
     }
 
     fn runtime_error(&self, hook: &'static str, err: EvalAltResult) -> PolicyError {

@@ -17,6 +17,7 @@ use super::request::ParsedBody;
 use crate::config::{ApiKey, Connection};
 use crate::format::{ApiFormat, Dialect};
 use crate::keys::Scopes;
+use crate::metrics as m;
 use crate::outcome::{Outcome, OutcomeClass};
 use crate::policy::{
     defaults, AttemptInfo, AttemptView, ConnView, Decision, OutcomeView, PolicyError, RequestView,
@@ -33,6 +34,10 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub target: String,
+    pub provider: String,
+    pub model: String,
+    /// Time spent waiting on the upstream (send → first body byte or failure).
+    pub upstream: Duration,
     pub connection: String,
     pub key_id: Option<String>,
     pub fingerprint: Option<String>,
@@ -148,8 +153,11 @@ impl AttemptContext<'_> {
                     number += 1;
                     tried.push(index);
                     let key = &conn.keys[index];
+                    metrics::counter!(m::KEY_SELECTIONS, "provider" => provider.id.clone(), "connection" => conn.id.clone(), "key" => key.id.clone())
+                        .increment(1);
                     let started = Instant::now();
                     let (outcome, response) = self.try_once(target, key).await;
+                    let upstream_wait = started.elapsed();
                     let attempt = AttemptView(Arc::new(AttemptInfo {
                         number,
                         provider: provider.id.clone(),
@@ -178,8 +186,20 @@ impl AttemptContext<'_> {
                             note(until);
                         }
                     }
+                    metrics::counter!(m::ATTEMPTS, "provider" => provider.id.clone(), "connection" => conn.id.clone(), "outcome" => o.class.as_str())
+                        .increment(1);
+                    if o.status.is_some() {
+                        metrics::histogram!(m::UPSTREAM_TTFB, "provider" => provider.id.clone())
+                            .record(upstream_wait.as_secs_f64());
+                    }
+                    if decision != Decision::Return {
+                        metrics::counter!(m::FALLBACKS, "provider" => provider.id.clone(), "outcome" => o.class.as_str()).increment(1);
+                    }
                     records.push(AttemptRecord {
                         target: target.label(),
+                        provider: provider.id.clone(),
+                        model: target.model.clone(),
+                        upstream: upstream_wait,
                         connection: conn.id.clone(),
                         key_id: Some(key.id.clone()),
                         fingerprint: Some(key.secret.fingerprint().to_string()),
@@ -309,6 +329,9 @@ impl AttemptContext<'_> {
 fn skip(target: &Target, connection: &str, lock: &Lock, why: &str) -> AttemptRecord {
     AttemptRecord {
         target: target.label(),
+        provider: target.provider.id.clone(),
+        model: target.model.clone(),
+        upstream: Duration::ZERO,
         connection: connection.to_string(),
         key_id: None,
         fingerprint: None,

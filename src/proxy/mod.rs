@@ -7,6 +7,7 @@ mod attempt;
 mod auth;
 pub mod body;
 pub mod error;
+mod metered;
 mod models;
 pub mod request;
 
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::policy::{RequestInfo, RequestView};
@@ -41,6 +43,7 @@ struct RequestLog {
     id: String,
     client: Option<String>,
     model: Option<String>,
+    endpoint: &'static str,
     attempts: Vec<AttemptRecord>,
 }
 
@@ -62,10 +65,9 @@ impl Proxy {
             id: uuid::Uuid::now_v7().simple().to_string(),
             client: None,
             model: None,
+            endpoint: "other",
             attempts: Vec::new(),
         };
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
         let mut resp = match self.serve(req, &mut log).await {
             Ok(resp) => resp,
             Err(e) => {
@@ -77,26 +79,54 @@ impl Proxy {
         if let Ok(v) = HeaderValue::try_from(log.id.as_str()) {
             headers.insert(REQUEST_ID_HEADER, v);
         }
-        let trace = trace_header(&log.attempts);
         if !log.attempts.is_empty() {
-            if let Ok(v) = HeaderValue::try_from(trace.as_str()) {
+            if let Ok(v) = HeaderValue::try_from(trace_header(&log.attempts)) {
                 headers.insert(ATTEMPTS_HEADER, v);
             }
         }
-        tracing::info!(
-            target: "keyway::request",
-            request_id = %log.id,
-            method = %method,
-            path = %path,
-            client = log.client.as_deref().unwrap_or("-"),
-            model = log.model.as_deref().unwrap_or("-"),
-            status = resp.status().as_u16(),
-            attempts = %trace,
-            keys = %log.attempts.iter().filter_map(|a| a.fingerprint.as_deref()).collect::<Vec<_>>().join(","),
-            headers_ms = started.elapsed().as_millis() as u64,
-            "request"
-        );
-        resp
+        let headers_after = started.elapsed();
+        let upstream_wait: std::time::Duration = log.attempts.iter().map(|a| a.upstream).sum();
+        metrics::histogram!(crate::metrics::OVERHEAD)
+            .record(headers_after.saturating_sub(upstream_wait).as_secs_f64());
+        let status = resp.status();
+        let served = log
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| a.decision == Some(crate::policy::Decision::Return))
+            .map(|a| (a.provider.clone(), a.model.clone()));
+        let is_sse = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let scan = match (&served, status.is_success(), is_sse) {
+            (Some(_), true, true) => metered::UsageScan::Sse,
+            (Some(_), true, false) => metered::UsageScan::Json(Vec::new()),
+            _ => metered::UsageScan::None,
+        };
+        let snap = self.runtime.snapshot();
+        let router = snap.policy.router();
+        let completion = metered::Completion {
+            client: log.client.take().unwrap_or_else(|| "-".into()),
+            model_label: log
+                .model
+                .as_deref()
+                .map_or("-", |m| router.model_label(m))
+                .to_string(),
+            model: log.model.take().unwrap_or_else(|| "-".into()),
+            endpoint: log.endpoint,
+            status: status.as_u16(),
+            started,
+            headers_after,
+            served: served.map(|(p, m)| {
+                let label = router.model_label(&m).to_string();
+                (p, label)
+            }),
+            stream: is_sse,
+            attempts: std::mem::take(&mut log.attempts),
+            id: std::mem::take(&mut log.id),
+        };
+        resp.map(|body| metered::MeteredBody::new(body, completion, scan).boxed_unsync())
     }
 
     async fn serve(
@@ -106,6 +136,10 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let snap = self.runtime.snapshot();
         let endpoint = request::endpoint(req.method(), req.uri().path())?;
+        log.endpoint = match endpoint {
+            Endpoint::Models => "models",
+            Endpoint::Api(f) => f.as_str(),
+        };
         let client = snap
             .auth
             .authenticate(req.headers())

@@ -62,6 +62,8 @@ impl QuotaState {
         if until_ms > entry.until_ms {
             entry.until_ms = until_ms;
             entry.reason = reason.to_string();
+            let label = scope.split('@').next().unwrap_or(scope).to_string();
+            metrics::counter!(crate::metrics::LOCK_EVENTS, "scope" => label, "reason" => reason.to_string()).increment(1);
         }
         entry.until_ms
     }
@@ -124,6 +126,22 @@ impl QuotaState {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         self.locks.retain(|_, l| l.until_ms > now);
         out
+    }
+
+    /// Every failure streak.
+    pub fn streaks(&self) -> Vec<(String, u32)> {
+        let mut out: Vec<_> = self
+            .streaks
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Every sliding-window counter: name, window (ms) and count now.
+    pub fn windows(&self) -> Vec<(String, u64, u64)> {
+        self.windows.list(self.now_ms())
     }
 
     /// Records a failure for `scope` and returns the streak length.

@@ -59,6 +59,24 @@ impl Windows {
         r.total(now_ms)
     }
 
+    pub fn list(&self, now_ms: u64) -> Vec<(String, u64, u64)> {
+        let mut out: Vec<_> = self
+            .rings
+            .iter()
+            .map(|e| {
+                let (name, window) = e.key();
+                let n = e
+                    .value()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .total(now_ms);
+                (name.clone(), *window, n)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     pub fn count(&self, counter: &str, window_ms: u64, now_ms: u64) -> u64 {
         self.rings
             .get(&(counter.to_string(), window_ms))

@@ -59,11 +59,34 @@ pub struct Candidate {
 pub struct Router {
     table: RouteTable,
     providers: Vec<Arc<Provider>>,
+    /// Model names the config or route table name: the only ones used as metric labels.
+    known: std::collections::HashSet<String>,
 }
 
 impl Router {
     pub fn new(table: RouteTable, providers: Vec<Arc<Provider>>) -> Self {
-        Self { table, providers }
+        let mut known: std::collections::HashSet<String> =
+            table.names().map(str::to_string).collect();
+        known.extend(providers.iter().flat_map(|p| p.models.iter().cloned()));
+        Self {
+            table,
+            providers,
+            known,
+        }
+    }
+
+    /// `model` if the config or route table names it, else `other`: metric labels stay
+    /// bounded whatever clients send.
+    pub fn model_label<'a>(&self, model: &'a str) -> &'a str {
+        if self.known.contains(model) {
+            return model;
+        }
+        if let Some((p, m)) = model.split_once('/') {
+            if self.known.contains(m) && self.provider(p).is_some() {
+                return model;
+            }
+        }
+        "other"
     }
 
     pub fn table(&self) -> &RouteTable {

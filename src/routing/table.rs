@@ -84,6 +84,14 @@ impl RouteTable {
             .map(|r| (r.pattern.as_str(), r.targets.as_slice()))
     }
 
+    /// Every alias and pattern, as written.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.exact
+            .keys()
+            .map(String::as_str)
+            .chain(self.patterns.iter().map(|r| r.pattern.as_str()))
+    }
+
     pub fn len(&self) -> usize {
         self.exact.len() + self.patterns.len()
     }

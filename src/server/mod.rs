@@ -108,6 +108,7 @@ impl Server {
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
+        self.runtime().set_ready(true);
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -131,6 +132,7 @@ impl Server {
             let watcher = graceful.watcher();
             tokio::spawn(async move { conn.serve(stream, peer, watcher).await });
         }
+        self.runtime().set_ready(false);
         drop(self.listener);
         tracing::info!(drain = ?self.timeouts.shutdown_drain, "shutting down: draining open connections");
         tokio::select! {

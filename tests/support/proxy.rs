@@ -24,6 +24,7 @@ pub struct TestProxyBuilder {
     policy: Option<String>,
     configmap: bool,
     watch: bool,
+    admin: Option<(Option<String>, bool)>,
     policy_settings: Vec<(String, String)>,
     providers: Vec<ProviderSpec>,
     clients: Vec<(String, String)>,
@@ -77,6 +78,13 @@ impl TestProxyBuilder {
     pub fn policy_configmap(mut self, text: &str) -> Self {
         self.policy = Some(text.to_string());
         self.configmap = true;
+        self
+    }
+
+    /// Serves the admin listener on 127.0.0.1:0 with this token (and optionally lets
+    /// loopback clients in without one).
+    pub fn admin(mut self, token: Option<&str>, allow_loopback_without_token: bool) -> Self {
+        self.admin = Some((token.map(str::to_string), allow_loopback_without_token));
         self
     }
 
@@ -154,6 +162,14 @@ impl TestProxyBuilder {
                 writeln!(toml, "{k} = {v}").unwrap();
             }
         }
+        if let Some((token, loopback)) = &self.admin {
+            toml.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+            if let Some(t) = token {
+                std::fs::write(keydir.join("admin-token"), t).unwrap();
+                toml.push_str("token = \"file:keys/admin-token\"\n");
+            }
+            writeln!(toml, "allow_loopback_without_token = {loopback}").unwrap();
+        }
         toml.push_str("\n[auth]\n");
         if self.clients.is_empty() {
             toml.push_str("allow_unauthenticated = true\n");
@@ -200,12 +216,30 @@ impl TestProxyBuilder {
         let addr = server.local_addr().unwrap();
         let reloader = Arc::new(server.reloader(&path));
         let watch = self.watch.then(|| reloader.watch().expect("watch files"));
+        let admin_addr = match &self.admin {
+            None => None,
+            Some(_) => {
+                let prometheus = keyway::metrics::install();
+                let admin = keyway::admin::AdminServer::bind(
+                    "127.0.0.1:0".parse().unwrap(),
+                    server.runtime().clone(),
+                    reloader.clone(),
+                    prometheus,
+                )
+                .await
+                .unwrap();
+                let addr = admin.local_addr().unwrap();
+                tokio::spawn(admin.run(std::future::pending()));
+                Some(addr)
+            }
+        };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
         TestProxy {
             addr,
+            admin_addr,
             reloader,
             _watch: watch,
             dir,
@@ -220,6 +254,7 @@ impl TestProxyBuilder {
 /// A running Keyway.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
     pub reloader: Arc<keyway::reload::Reloader>,
     _watch: Option<keyway::reload::WatchGuard>,
     pub dir: TempDir,
@@ -265,6 +300,14 @@ impl TestProxy {
 
     pub fn http(&self) -> reqwest::Client {
         self.http_builder().build().unwrap()
+    }
+
+    /// `http://ADMIN/path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.admin_addr.expect("started with .admin(..)")
+        )
     }
 
     /// POST with the first configured client key.

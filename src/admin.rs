@@ -1,0 +1,354 @@
+//! The admin listener (separate from the proxy's): `/metrics` (Prometheus), `/healthz`,
+//! `/readyz`, `GET /admin/state`, `POST /admin/reload`, `POST /admin/unlock`,
+//! `GET /admin/explain`. Everything but the health probes needs `Authorization: Bearer
+//! <admin token>`, unless the config allows loopback clients without one.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+
+use crate::format::ApiFormat;
+use crate::keys::Scopes;
+use crate::metrics as m;
+use crate::policy::explain::{explain, ExplainRequest};
+use crate::reload::Reloader;
+use crate::runtime::Runtime;
+
+type AdminBody = Full<Bytes>;
+
+pub struct Admin {
+    runtime: Arc<Runtime>,
+    reloader: Arc<Reloader>,
+    prometheus: PrometheusHandle,
+}
+
+/// A bound admin listener.
+pub struct AdminServer {
+    listener: TcpListener,
+    admin: Arc<Admin>,
+}
+
+impl AdminServer {
+    pub async fn bind(
+        addr: SocketAddr,
+        runtime: Arc<Runtime>,
+        reloader: Arc<Reloader>,
+        prometheus: PrometheusHandle,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            listener: TcpListener::bind(addr).await?,
+            admin: Arc::new(Admin {
+                runtime,
+                reloader,
+                prometheus,
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => return,
+            };
+            let admin = self.admin.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req, peer).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<AdminBody> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<AdminBody> {
+    json_response(
+        status,
+        json!({ "error": { "message": message, "code": status.as_u16() } }),
+    )
+}
+
+impl Admin {
+    fn authorized(&self, req: &Request<Incoming>, peer: SocketAddr) -> bool {
+        let snap = self.runtime.snapshot();
+        let Some(admin) = &snap.config.admin else {
+            return false;
+        };
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
+        if let (Some(token), Some(p)) = (&admin.token, presented) {
+            let a: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
+            let b: [u8; 32] = Sha256::digest(p.trim().as_bytes()).into();
+            if bool::from(a.ct_eq(&b)) {
+                return true;
+            }
+        }
+        admin.allow_loopback_without_token && peer.ip().is_loopback()
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<AdminBody> {
+        let path = req.uri().path().to_string();
+        match (req.method(), path.as_str()) {
+            (&Method::GET, "/healthz") => {
+                return json_response(StatusCode::OK, json!({ "status": "ok" }))
+            }
+            (&Method::GET, "/readyz") => {
+                let ready = self.runtime.is_ready();
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                return json_response(status, json!({ "ready": ready }));
+            }
+            _ => {}
+        }
+        if !self.authorized(&req, peer) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "send `Authorization: Bearer <admin token>`",
+            );
+        }
+        match (req.method(), path.as_str()) {
+            (&Method::GET, "/metrics") => self.metrics(),
+            (&Method::GET, "/admin/state") => json_response(StatusCode::OK, self.state()),
+            (&Method::POST, "/admin/reload") => self.reload().await,
+            (&Method::POST, "/admin/unlock") => self.unlock(req).await,
+            (&Method::GET, "/admin/explain") => self.explain(req.uri().query().unwrap_or("")),
+            (_, "/metrics" | "/admin/state" | "/admin/explain") => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+            }
+            (_, "/admin/reload" | "/admin/unlock") => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "use POST")
+            }
+            _ => error(StatusCode::NOT_FOUND, "unknown admin path"),
+        }
+    }
+
+    fn metrics(&self) -> Response<AdminBody> {
+        // Key health is a point-in-time view: computed at scrape.
+        let snap = self.runtime.snapshot();
+        let quota = &self.runtime.quota;
+        for p in &snap.config.providers {
+            for c in &p.connections {
+                for k in &c.keys {
+                    let healthy = !quota.is_locked(&Scopes::key(c, k))
+                        && !quota.is_locked(&Scopes::connection(c));
+                    metrics::gauge!(m::KEY_HEALTH, "provider" => p.id.clone(), "connection" => c.id.clone(), "key" => k.id.clone())
+                        .set(if healthy { 1.0 } else { 0.0 });
+                }
+            }
+        }
+        let mut r = Response::new(Full::new(Bytes::from(self.prometheus.render())));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        r
+    }
+
+    fn state(&self) -> Value {
+        let snap = self.runtime.snapshot();
+        let quota = &self.runtime.quota;
+        let now = quota.now_ms();
+        let lock_json = |scope: &str| {
+            quota.lock(scope).map(|l| {
+                json!({ "scope": scope, "remaining_s": (l.until_ms.saturating_sub(now)) as f64 / 1000.0, "reason": l.reason })
+            })
+        };
+        let locks = quota.active_locks();
+        let providers: Vec<Value> = snap
+            .config
+            .providers
+            .iter()
+            .map(|p| {
+                let conns: Vec<Value> = p
+                    .connections
+                    .iter()
+                    .map(|c| {
+                        let pool = self.runtime.keys.pool(c);
+                        let keys: Vec<Value> = c
+                            .keys
+                            .iter()
+                            .enumerate()
+                            .map(|(i, k)| {
+                                let key_scope = Scopes::key(c, k);
+                                let prefix = format!("{key_scope}@");
+                                let key_locks: Vec<Value> = locks
+                                    .iter()
+                                    .filter(|(s, _)| *s == key_scope || s.starts_with(&prefix))
+                                    .filter_map(|(s, _)| lock_json(s))
+                                    .collect();
+                                json!({
+                                    "id": k.id,
+                                    "fingerprint": k.secret.fingerprint(),
+                                    "weight": k.weight,
+                                    "selected": pool.selected(i),
+                                    "healthy": key_locks.is_empty(),
+                                    "failure_streak": quota.streak(&key_scope),
+                                    "locks": key_locks,
+                                })
+                            })
+                            .collect();
+                        let conn_scope = Scopes::connection(c);
+                        json!({
+                            "id": c.id,
+                            "rotation_position": pool.position(),
+                            "cooling": lock_json(&conn_scope),
+                            "failure_streak": quota.streak(&conn_scope),
+                            "keys": keys,
+                        })
+                    })
+                    .collect();
+                json!({ "id": p.id, "kind": p.kind.as_str(), "base_url": p.base_url.to_string(), "connections": conns })
+            })
+            .collect();
+        json!({
+            "policy": {
+                "source": snap.policy.source.to_string(),
+                "hash": snap.policy.hash,
+                "loaded_at_ms": snap.policy.loaded_at_ms,
+                "routes": snap.policy.router().table().len(),
+            },
+            "config": snap.config.path.display().to_string(),
+            "ready": self.runtime.is_ready(),
+            "providers": providers,
+            "locks": locks.iter().map(|(s, l)| json!({
+                "scope": s, "remaining_s": l.until_ms.saturating_sub(now) as f64 / 1000.0, "reason": l.reason
+            })).collect::<Vec<_>>(),
+            "streaks": quota.streaks().into_iter().map(|(s, n)| json!({ "scope": s, "count": n })).collect::<Vec<_>>(),
+            "windows": quota.windows().into_iter().map(|(c, w, n)| json!({ "counter": c, "window_s": w / 1000, "count": n })).collect::<Vec<_>>(),
+        })
+    }
+
+    async fn reload(&self) -> Response<AdminBody> {
+        let r = self.reloader.clone();
+        match tokio::task::spawn_blocking(move || r.reload("admin")).await {
+            Ok(report) => {
+                let status = if report.result == "error" {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                } else {
+                    StatusCode::OK
+                };
+                json_response(status, serde_json::to_value(&report).unwrap_or(Value::Null))
+            }
+            Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the reload task failed"),
+        }
+    }
+
+    async fn unlock(&self, req: Request<Incoming>) -> Response<AdminBody> {
+        let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return error(StatusCode::BAD_REQUEST, "could not read the body"),
+        };
+        let scope = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["scope"].as_str().map(str::to_string));
+        let Some(scope) = scope else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "send {\"scope\": \"key:provider/connection/key\"} (see GET /admin/state)",
+            );
+        };
+        let quota = &self.runtime.quota;
+        let unlocked = quota.unlock(&scope);
+        let streak = quota.streak(&scope);
+        quota.clear_streak(&scope);
+        tracing::info!(%scope, unlocked, "admin unlock");
+        json_response(
+            StatusCode::OK,
+            json!({ "scope": scope, "unlocked": unlocked, "cleared_streak": streak }),
+        )
+    }
+
+    fn explain(&self, query: &str) -> Response<AdminBody> {
+        let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let Some(model) = params.get("model") else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "add ?model=NAME (and optionally &client=NAME&endpoint=messages)",
+            );
+        };
+        let format = match params.get("endpoint").map(String::as_str) {
+            None | Some("chat.completions") => ApiFormat::OpenAiChat,
+            Some("completions") => ApiFormat::OpenAiCompletions,
+            Some("embeddings") => ApiFormat::OpenAiEmbeddings,
+            Some("messages") => ApiFormat::AnthropicMessages,
+            Some(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "endpoint is chat.completions, completions, embeddings or messages",
+                )
+            }
+        };
+        let snap = self.runtime.snapshot();
+        let req = ExplainRequest {
+            model: model.clone(),
+            client: params
+                .get("client")
+                .cloned()
+                .unwrap_or_else(|| "admin".into()),
+            format,
+            stream: false,
+            headers: http::HeaderMap::new(),
+        };
+        // Live locks, but a detached copy of the rotation state: explaining moves no cursor.
+        let keys = self.runtime.keys.detached();
+        match explain(&snap.policy, &snap.config, &keys, &req) {
+            Ok(ex) => json_response(
+                StatusCode::OK,
+                serde_json::to_value(ex).unwrap_or(Value::Null),
+            ),
+            Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The last layer of every response body: when the body ends (or the client drops it) the
+//! request is finished — duration, stream and token metrics, in-flight gauges, and the one
+//! structured log line per request. Token counts come from `usage` in JSON bodies and in
+//! SSE events (OpenAI's final chunk, Anthropic's `message_start` / `message_delta`).
+
+use std::fmt::Write as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use memchr::memmem;
+use pin_project_lite::pin_project;
+
+use super::attempt::AttemptRecord;
+use super::body::{BoxError, ProxyBody};
+use crate::metrics as m;
+
+/// JSON bodies larger than this are not parsed for usage.
+const JSON_SCAN_LIMIT: usize = 4 * 1024 * 1024;
+
+/// How to look for token usage in a body.
+#[derive(Debug)]
+pub enum UsageScan {
+    None,
+    Json(Vec<u8>),
+    Sse,
+}
+
+/// Everything needed to finish a request once its body is done.
+#[derive(Debug)]
+pub struct Completion {
+    pub id: String,
+    pub client: String,
+    pub model: String,
+    pub model_label: String,
+    pub endpoint: &'static str,
+    pub status: u16,
+    pub attempts: Vec<AttemptRecord>,
+    pub started: Instant,
+    /// Time until response headers were handed to the client.
+    pub headers_after: Duration,
+    /// The provider and (bounded) model label of the attempt that served, if any.
+    pub served: Option<(String, String)>,
+    pub stream: bool,
+}
+
+pin_project! {
+    pub struct MeteredBody {
+        #[pin]
+        inner: ProxyBody,
+        done: Option<Completion>,
+        scan: UsageScan,
+        prompt_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+    }
+
+    impl PinnedDrop for MeteredBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(c) = this.done.take() {
+                // hyper may drop a body it knows is complete without polling it to the end.
+                let complete = this.inner.is_end_stream();
+                take_json_usage(this.scan, this.prompt_tokens, this.completion_tokens);
+                finish(c, complete, *this.prompt_tokens, *this.completion_tokens);
+            }
+        }
+    }
+}
+
+impl MeteredBody {
+    pub fn new(inner: ProxyBody, completion: Completion, scan: UsageScan) -> Self {
+        metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+        if completion.stream {
+            metrics::gauge!(m::OPEN_STREAMS).increment(1.0);
+        }
+        Self {
+            inner,
+            done: Some(completion),
+            scan,
+            prompt_tokens: None,
+            completion_tokens: None,
+        }
+    }
+}
+
+impl Body for MeteredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    match this.scan {
+                        UsageScan::None => {}
+                        UsageScan::Json(buf) => {
+                            if buf.len() + data.len() <= JSON_SCAN_LIMIT {
+                                buf.extend_from_slice(data);
+                            } else {
+                                *this.scan = UsageScan::None;
+                            }
+                        }
+                        UsageScan::Sse => {
+                            scan_sse(data, this.prompt_tokens, this.completion_tokens)
+                        }
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                take_json_usage(this.scan, this.prompt_tokens, this.completion_tokens);
+                if let Some(c) = this.done.take() {
+                    finish(c, true, *this.prompt_tokens, *this.completion_tokens);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(c) = this.done.take() {
+                    finish(c, false, *this.prompt_tokens, *this.completion_tokens);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Parses a buffered JSON body's `usage`, once.
+fn take_json_usage(scan: &mut UsageScan, prompt: &mut Option<u64>, completion: &mut Option<u64>) {
+    if let UsageScan::Json(buf) = std::mem::replace(scan, UsageScan::None) {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&buf) {
+            read_usage(&v["usage"], prompt, completion);
+        }
+    }
+}
+
+/// Reads `usage` in either dialect; later values win (Anthropic's deltas are cumulative).
+fn read_usage(usage: &serde_json::Value, prompt: &mut Option<u64>, completion: &mut Option<u64>) {
+    if let Some(p) = usage["prompt_tokens"]
+        .as_u64()
+        .or(usage["input_tokens"].as_u64())
+    {
+        *prompt = Some(p);
+    }
+    if let Some(c) = usage["completion_tokens"]
+        .as_u64()
+        .or(usage["output_tokens"].as_u64())
+    {
+        *completion = Some(c);
+    }
+}
+
+/// Looks at the whole SSE events in `data` that mention usage.
+fn scan_sse(data: &[u8], prompt: &mut Option<u64>, completion: &mut Option<u64>) {
+    if memmem::find(data, b"\"usage\"").is_none() {
+        return;
+    }
+    let text = String::from_utf8_lossy(data);
+    for line in text.lines() {
+        let Some(json) = line.strip_prefix("data:") else {
+            continue;
+        };
+        if !json.contains("\"usage\"") {
+            continue;
+        }
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(json.trim()) {
+            read_usage(&v["usage"], prompt, completion);
+            read_usage(&v["message"]["usage"], prompt, completion);
+        }
+    }
+}
+
+fn finish(c: Completion, complete: bool, prompt: Option<u64>, completion: Option<u64>) {
+    let total = c.started.elapsed();
+    metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+    metrics::counter!(m::REQUESTS, "endpoint" => c.endpoint, "model" => c.model_label.clone(), "status" => c.status.to_string())
+        .increment(1);
+    metrics::histogram!(m::REQUEST_DURATION, "endpoint" => c.endpoint).record(total.as_secs_f64());
+    if c.stream {
+        metrics::gauge!(m::OPEN_STREAMS).decrement(1.0);
+    }
+    if let Some((provider, model)) = &c.served {
+        if c.stream {
+            metrics::histogram!(m::STREAM_DURATION, "provider" => provider.clone())
+                .record(total.saturating_sub(c.headers_after).as_secs_f64());
+        }
+        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+            if let Some(n) = n {
+                metrics::counter!(m::TOKENS, "provider" => provider.clone(), "model" => model.clone(), "kind" => kind)
+                    .increment(n);
+            }
+        }
+    }
+    let mut attempts = String::new();
+    for (i, a) in c.attempts.iter().enumerate() {
+        if i > 0 {
+            attempts.push_str(", ");
+        }
+        let _ = write!(attempts, "{} {}", a.target, a.connection);
+        if let (Some(k), Some(fp)) = (&a.key_id, &a.fingerprint) {
+            let _ = write!(attempts, "/{k}({fp})");
+        }
+        match (&a.skipped, a.status, a.class) {
+            (Some(why), _, _) => {
+                let _ = write!(attempts, " skipped: {why}");
+            }
+            (_, Some(s), Some(class)) => {
+                let _ = write!(attempts, " {s} {class} {}ms", a.millis);
+            }
+            (_, None, Some(class)) => {
+                let _ = write!(attempts, " {class} {}ms", a.millis);
+            }
+            _ => {}
+        }
+    }
+    tracing::info!(
+        target: "keyway::request",
+        request_id = %c.id,
+        client = %c.client,
+        model = %c.model,
+        endpoint = c.endpoint,
+        status = c.status,
+        attempts = %attempts,
+        stream = c.stream,
+        completed = complete,
+        ttfb_ms = c.headers_after.as_secs_f64() * 1000.0,
+        total_ms = total.as_secs_f64() * 1000.0,
+        prompt_tokens = prompt,
+        completion_tokens = completion,
+        "request"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_from_openai_and_anthropic_streams() {
+        let (mut p, mut c) = (None, None);
+        scan_sse(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":34}}\n\ndata: [DONE]\n\n", &mut p, &mut c);
+        assert_eq!((p, c), (Some(12), Some(34)));
+        let (mut p, mut c) = (None, None);
+        scan_sse(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n", &mut p, &mut c);
+        scan_sse(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n", &mut p, &mut c);
+        assert_eq!((p, c), (Some(25), Some(15)));
+    }
+}
