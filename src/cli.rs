@@ -72,7 +72,9 @@ pub enum Command {
 /// Sets up logging: `RUST_LOG` filters (else `level`), text or JSON lines on stderr.
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        // rustls warns once per handshake about client quirks (e.g. an IP address sent as
+        // SNI): noise that any client could flood the log with.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},rustls=error")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -57,6 +57,37 @@ const SLOW: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Handles for the per-request metrics that have no per-request labels, registered once
+/// (the macros would look each up in the registry on every request).
+pub struct RequestHandles {
+    pub in_flight: metrics::Gauge,
+    pub open_streams: metrics::Gauge,
+    pub overhead: metrics::Histogram,
+    /// Request duration by endpoint: chat.completions, completions, embeddings, messages, models, other.
+    pub duration: [metrics::Histogram; 6],
+}
+
+pub const ENDPOINTS: [&str; 6] = [
+    "chat.completions",
+    "completions",
+    "embeddings",
+    "messages",
+    "models",
+    "other",
+];
+
+static REQUEST: OnceLock<RequestHandles> = OnceLock::new();
+
+/// The per-request handles. Call [`install`] first, or they record nowhere.
+pub fn request() -> &'static RequestHandles {
+    REQUEST.get_or_init(|| RequestHandles {
+        in_flight: metrics::gauge!(IN_FLIGHT),
+        open_streams: metrics::gauge!(OPEN_STREAMS),
+        overhead: metrics::histogram!(OVERHEAD),
+        duration: ENDPOINTS.map(|e| metrics::histogram!(REQUEST_DURATION, "endpoint" => e)),
+    })
+}
+
 /// Installs the Prometheus recorder (once per process) and returns its handle.
 pub fn install() -> PrometheusHandle {
     HANDLE
@@ -80,6 +111,8 @@ pub fn install() -> PrometheusHandle {
                 );
             }
             describe();
+            // Register the per-request handles against this recorder.
+            let _ = request();
             handle
         })
         .clone()

@@ -34,6 +34,11 @@ impl OutcomeClass {
         OutcomeClass::Network,
     ];
 
+    /// Position in [`ALL`](Self::ALL).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             OutcomeClass::Ok => "ok",

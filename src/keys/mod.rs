@@ -10,7 +10,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use metrics::{Counter, Histogram};
+
 use crate::config::{ApiKey, Config, Connection};
+use crate::metrics as m;
+use crate::outcome::OutcomeClass;
 
 pub use scopes::Scopes;
 
@@ -48,12 +52,53 @@ pub struct KeyStats {
     pub selected: AtomicU64,
 }
 
-/// Rotation state for one connection.
+/// Rotation state for one connection, and its metric handles (registered once here rather
+/// than on every attempt, which would rebuild label sets per request).
 #[derive(Debug)]
 pub struct KeyPool {
     cursor: AtomicU64,
     /// Aligned with the connection's `keys` in the config this pool was built for.
     stats: Vec<Arc<KeyStats>>,
+    pub metrics: ConnMetrics,
+}
+
+/// Per-connection metric handles.
+#[derive(Debug)]
+pub struct ConnMetrics {
+    /// By [`OutcomeClass::index`].
+    pub attempts: Vec<Counter>,
+    pub fallbacks: Vec<Counter>,
+    pub ttfb: Histogram,
+    /// Aligned with the connection's keys.
+    pub selections: Vec<Counter>,
+}
+
+impl ConnMetrics {
+    fn new(conn: &Connection) -> Self {
+        let (p, c) = (conn.provider.clone(), conn.id.clone());
+        let by_class = |name: &'static str, with_conn: bool| {
+            OutcomeClass::ALL
+                .iter()
+                .map(|o| {
+                    if with_conn {
+                        metrics::counter!(name, "provider" => p.clone(), "connection" => c.clone(), "outcome" => o.as_str())
+                    } else {
+                        metrics::counter!(name, "provider" => p.clone(), "outcome" => o.as_str())
+                    }
+                })
+                .collect()
+        };
+        Self {
+            attempts: by_class(m::ATTEMPTS, true),
+            fallbacks: by_class(m::FALLBACKS, false),
+            ttfb: metrics::histogram!(m::UPSTREAM_TTFB, "provider" => p.clone()),
+            selections: conn
+                .keys
+                .iter()
+                .map(|k| metrics::counter!(m::KEY_SELECTIONS, "provider" => p.clone(), "connection" => c.clone(), "key" => k.id.clone()))
+                .collect(),
+        }
+    }
 }
 
 impl KeyPool {
@@ -77,6 +122,7 @@ impl KeyPool {
         Self {
             cursor: AtomicU64::new(previous.map_or(0, |p| p.cursor.load(Ordering::Relaxed))),
             stats,
+            metrics: ConnMetrics::new(conn),
         }
     }
 
@@ -149,7 +195,8 @@ impl KeyPool {
 /// Every connection's [`KeyPool`], by `provider/connection` name.
 #[derive(Debug, Default)]
 pub struct KeyRegistry {
-    pools: ArcSwap<HashMap<String, Arc<KeyPool>>>,
+    /// provider id → connection id → pool.
+    pools: ArcSwap<HashMap<String, HashMap<String, Arc<KeyPool>>>>,
 }
 
 impl KeyRegistry {
@@ -169,20 +216,22 @@ impl KeyRegistry {
             .flat_map(|p| p.connections.iter())
             .map(|c| (c.name(), c))
             .collect();
-        let pools = config
-            .providers
-            .iter()
-            .flat_map(|p| p.connections.iter())
-            .map(|c| {
-                let name = c.name();
-                let pool = KeyPool::new(
-                    c,
-                    old.get(&name).map(|p| p.as_ref()),
-                    prev_conns.get(&name).map(|c| c.as_ref()),
-                );
-                (name, Arc::new(pool))
-            })
-            .collect();
+        let mut pools: HashMap<String, HashMap<String, Arc<KeyPool>>> = HashMap::new();
+        for c in config.providers.iter().flat_map(|p| p.connections.iter()) {
+            let previous_pool = old
+                .get(&c.provider)
+                .and_then(|m| m.get(&c.id))
+                .map(|p| p.as_ref());
+            let pool = KeyPool::new(
+                c,
+                previous_pool,
+                prev_conns.get(&c.name()).map(|c| c.as_ref()),
+            );
+            pools
+                .entry(c.provider.clone())
+                .or_default()
+                .insert(c.id.clone(), Arc::new(pool));
+        }
         self.pools.store(Arc::new(pools));
     }
 
@@ -193,8 +242,15 @@ impl KeyRegistry {
             .pools
             .load()
             .iter()
-            .map(|(name, p)| {
+            .flat_map(|(provider, conns)| conns.iter().map(move |(id, p)| (provider, id, p)))
+            .map(|(provider, id, p)| {
                 let copy = KeyPool {
+                    metrics: ConnMetrics {
+                        attempts: Vec::new(),
+                        fallbacks: Vec::new(),
+                        ttfb: Histogram::noop(),
+                        selections: Vec::new(),
+                    },
                     cursor: AtomicU64::new(p.position()),
                     stats: p
                         .stats
@@ -206,9 +262,15 @@ impl KeyRegistry {
                         })
                         .collect(),
                 };
-                (name.clone(), Arc::new(copy))
+                (provider.clone(), id.clone(), Arc::new(copy))
             })
-            .collect();
+            .fold(
+                HashMap::<String, HashMap<String, Arc<KeyPool>>>::new(),
+                |mut acc, (p, id, pool)| {
+                    acc.entry(p).or_default().insert(id, pool);
+                    acc
+                },
+            );
         KeyRegistry {
             pools: ArcSwap::from_pointee(pools),
         }
@@ -216,9 +278,11 @@ impl KeyRegistry {
 
     /// The pool for a connection of the current config.
     pub fn pool(&self, conn: &Connection) -> Arc<KeyPool> {
+        // Keyed by provider, then connection: no name is formatted per lookup.
         self.pools
             .load()
-            .get(&conn.name())
+            .get(conn.provider.as_str())
+            .and_then(|conns| conns.get(conn.id.as_str()))
             .cloned()
             .unwrap_or_else(|| Arc::new(KeyPool::new(conn, None, None)))
     }

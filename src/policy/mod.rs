@@ -16,7 +16,7 @@ pub mod explain;
 pub mod fixtures;
 pub mod views;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use rhai::{Dynamic, Engine, EvalAltResult, FuncArgs, Map, Scope, AST};
@@ -90,6 +90,33 @@ pub enum PolicyError {
     },
 }
 
+/// Metric handles per hook, registered once per load.
+struct HookMetrics {
+    by_hook: [(metrics::Counter, metrics::Histogram, metrics::Counter); 4],
+}
+
+const HOOK_NAMES: [&str; 4] = ["init", "route", "select_key", "on_outcome"];
+
+impl HookMetrics {
+    fn new() -> Self {
+        let m = |hook: &'static str| {
+            (
+                metrics::counter!(crate::metrics::POLICY_EVALUATIONS, "hook" => hook),
+                metrics::histogram!(crate::metrics::POLICY_EVAL_TIME, "hook" => hook),
+                metrics::counter!(crate::metrics::POLICY_ERRORS, "hook" => hook),
+            )
+        };
+        Self {
+            by_hook: HOOK_NAMES.map(m),
+        }
+    }
+
+    fn get(&self, hook: &str) -> &(metrics::Counter, metrics::Histogram, metrics::Counter) {
+        let i = HOOK_NAMES.iter().position(|h| *h == hook).unwrap_or(0);
+        &self.by_hook[i]
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Hooks {
     init: bool,
@@ -99,6 +126,7 @@ struct Hooks {
 
 /// One loaded policy snapshot.
 pub struct Policy {
+    hook_metrics: HookMetrics,
     engine: Engine,
     ast: AST,
     hooks: Hooks,
@@ -190,6 +218,7 @@ impl Policy {
             message,
         })?;
         let mut policy = Self {
+            hook_metrics: HookMetrics::new(),
             engine,
             ast,
             hooks,
@@ -239,11 +268,11 @@ impl Policy {
             .engine
             .call_fn_with_options::<Dynamic>(options, &mut scope, &self.ast, hook, args)
             .map_err(|e| self.runtime_error(hook, *e));
-        metrics::counter!(crate::metrics::POLICY_EVALUATIONS, "hook" => hook).increment(1);
-        metrics::histogram!(crate::metrics::POLICY_EVAL_TIME, "hook" => hook)
-            .record(started.elapsed().as_secs_f64());
+        let (evaluations, time, errors) = self.hook_metrics.get(hook);
+        evaluations.increment(1);
+        time.record(started.elapsed().as_secs_f64());
         if let Err(PolicyError::Failed { .. }) = &result {
-            metrics::counter!(crate::metrics::POLICY_ERRORS, "hook" => hook).increment(1);
+            errors.increment(1);
         }
         result
     }
@@ -535,11 +564,6 @@ fn candidates(value: Dynamic) -> Result<Vec<Candidate>, String> {
             })
         })
         .collect()
-}
-
-/// The policy directory's path for display.
-pub fn describe_dir(dir: Option<&Path>) -> String {
-    dir.map_or_else(|| "builtin".to_string(), |d| d.display().to_string())
 }
 
 #[cfg(test)]

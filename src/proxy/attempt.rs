@@ -17,7 +17,6 @@ use super::request::ParsedBody;
 use crate::config::{ApiKey, Connection};
 use crate::format::{ApiFormat, Dialect};
 use crate::keys::Scopes;
-use crate::metrics as m;
 use crate::outcome::{Outcome, OutcomeClass};
 use crate::policy::{
     defaults, AttemptInfo, AttemptView, ConnView, Decision, OutcomeView, PolicyError, RequestView,
@@ -153,8 +152,9 @@ impl AttemptContext<'_> {
                     number += 1;
                     tried.push(index);
                     let key = &conn.keys[index];
-                    metrics::counter!(m::KEY_SELECTIONS, "provider" => provider.id.clone(), "connection" => conn.id.clone(), "key" => key.id.clone())
-                        .increment(1);
+                    if let Some(c) = pool.metrics.selections.get(index) {
+                        c.increment(1);
+                    }
                     let started = Instant::now();
                     let (outcome, response) = self.try_once(target, key).await;
                     let upstream_wait = started.elapsed();
@@ -186,14 +186,12 @@ impl AttemptContext<'_> {
                             note(until);
                         }
                     }
-                    metrics::counter!(m::ATTEMPTS, "provider" => provider.id.clone(), "connection" => conn.id.clone(), "outcome" => o.class.as_str())
-                        .increment(1);
+                    pool.metrics.attempts[o.class.index()].increment(1);
                     if o.status.is_some() {
-                        metrics::histogram!(m::UPSTREAM_TTFB, "provider" => provider.id.clone())
-                            .record(upstream_wait.as_secs_f64());
+                        pool.metrics.ttfb.record(upstream_wait.as_secs_f64());
                     }
                     if decision != Decision::Return {
-                        metrics::counter!(m::FALLBACKS, "provider" => provider.id.clone(), "outcome" => o.class.as_str()).increment(1);
+                        pool.metrics.fallbacks[o.class.index()].increment(1);
                     }
                     records.push(AttemptRecord {
                         target: target.label(),

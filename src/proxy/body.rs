@@ -31,10 +31,6 @@ pub fn full(bytes: Bytes) -> ProxyBody {
         .boxed_unsync()
 }
 
-pub fn empty() -> ProxyBody {
-    full(Bytes::new())
-}
-
 /// Why a relayed body ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {

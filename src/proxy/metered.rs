@@ -71,9 +71,10 @@ pin_project! {
 
 impl MeteredBody {
     pub fn new(inner: ProxyBody, completion: Completion, scan: UsageScan) -> Self {
-        metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+        let h = m::request();
+        h.in_flight.increment(1.0);
         if completion.stream {
-            metrics::gauge!(m::OPEN_STREAMS).increment(1.0);
+            h.open_streams.increment(1.0);
         }
         Self {
             inner,
@@ -140,9 +141,14 @@ impl Body for MeteredBody {
 
 /// Parses a buffered JSON body's `usage`, once.
 fn take_json_usage(scan: &mut UsageScan, prompt: &mut Option<u64>, completion: &mut Option<u64>) {
+    // Only `usage` is materialised; serde skips the rest of the body without building it.
+    #[derive(serde::Deserialize)]
+    struct UsageOnly {
+        usage: Option<serde_json::Value>,
+    }
     if let UsageScan::Json(buf) = std::mem::replace(scan, UsageScan::None) {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&buf) {
-            read_usage(&v["usage"], prompt, completion);
+        if let Ok(UsageOnly { usage: Some(u) }) = serde_json::from_slice::<UsageOnly>(&buf) {
+            read_usage(&u, prompt, completion);
         }
     }
 }
@@ -185,12 +191,17 @@ fn scan_sse(data: &[u8], prompt: &mut Option<u64>, completion: &mut Option<u64>)
 
 fn finish(c: Completion, complete: bool, prompt: Option<u64>, completion: Option<u64>) {
     let total = c.started.elapsed();
-    metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+    let h = m::request();
+    h.in_flight.decrement(1.0);
     metrics::counter!(m::REQUESTS, "endpoint" => c.endpoint, "model" => c.model_label.clone(), "status" => c.status.to_string())
         .increment(1);
-    metrics::histogram!(m::REQUEST_DURATION, "endpoint" => c.endpoint).record(total.as_secs_f64());
+    let endpoint = m::ENDPOINTS
+        .iter()
+        .position(|e| *e == c.endpoint)
+        .unwrap_or(m::ENDPOINTS.len() - 1);
+    h.duration[endpoint].record(total.as_secs_f64());
     if c.stream {
-        metrics::gauge!(m::OPEN_STREAMS).decrement(1.0);
+        h.open_streams.decrement(1.0);
     }
     if let Some((provider, model)) = &c.served {
         if c.stream {
@@ -203,6 +214,9 @@ fn finish(c: Completion, complete: bool, prompt: Option<u64>, completion: Option
                     .increment(n);
             }
         }
+    }
+    if !tracing::enabled!(target: "keyway::request", tracing::Level::INFO) {
+        return;
     }
     let mut attempts = String::new();
     for (i, a) in c.attempts.iter().enumerate() {

@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::policy::{RequestInfo, RequestView};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, Snapshot};
 
 pub use attempt::AttemptRecord;
 pub use auth::{ClientAuth, ANONYMOUS};
@@ -68,7 +68,9 @@ impl Proxy {
             endpoint: "other",
             attempts: Vec::new(),
         };
-        let mut resp = match self.serve(req, &mut log).await {
+        // One snapshot for the whole request, whatever reloads happen meanwhile.
+        let snap = self.runtime.snapshot();
+        let mut resp = match self.serve(&snap, req, &mut log).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(request_id = %log.id, error = %e, "request refused");
@@ -86,7 +88,8 @@ impl Proxy {
         }
         let headers_after = started.elapsed();
         let upstream_wait: std::time::Duration = log.attempts.iter().map(|a| a.upstream).sum();
-        metrics::histogram!(crate::metrics::OVERHEAD)
+        crate::metrics::request()
+            .overhead
             .record(headers_after.saturating_sub(upstream_wait).as_secs_f64());
         let status = resp.status();
         let served = log
@@ -104,7 +107,6 @@ impl Proxy {
             (Some(_), true, false) => metered::UsageScan::Json(Vec::new()),
             _ => metered::UsageScan::None,
         };
-        let snap = self.runtime.snapshot();
         let router = snap.policy.router();
         let completion = metered::Completion {
             client: log.client.take().unwrap_or_else(|| "-".into()),
@@ -131,10 +133,10 @@ impl Proxy {
 
     async fn serve(
         &self,
+        snap: &Snapshot,
         req: Request<Incoming>,
         log: &mut RequestLog,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let snap = self.runtime.snapshot();
         let endpoint = request::endpoint(req.method(), req.uri().path())?;
         log.endpoint = match endpoint {
             Endpoint::Models => "models",
@@ -170,7 +172,7 @@ impl Proxy {
             input_tokens: parsed.len() as u64 / 4,
         }));
         let ctx = attempt::AttemptContext {
-            snap: &snap,
+            snap,
             runtime: &self.runtime,
             format,
             headers: &parts.headers,

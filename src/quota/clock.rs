@@ -32,10 +32,6 @@ impl ManualClock {
     pub fn advance_ms(&self, ms: u64) {
         self.0.fetch_add(ms, Ordering::SeqCst);
     }
-
-    pub fn set_ms(&self, ms: u64) {
-        self.0.store(ms, Ordering::SeqCst);
-    }
 }
 
 impl Clock for ManualClock {

@@ -6,6 +6,7 @@ mod clock;
 pub mod retry_after;
 mod windows;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -25,7 +26,12 @@ pub struct Lock {
 pub struct QuotaState {
     clock: Arc<dyn Clock>,
     locks: DashMap<String, Lock>,
+    /// The latest end of any lock ever placed: when it has passed, no lock is active and
+    /// hot paths skip the map entirely.
+    latest_until_ms: AtomicU64,
     streaks: DashMap<String, u32>,
+    /// Set by the first failure: until then, clearing a streak is a no-op.
+    any_streak: AtomicBool,
     windows: Windows,
 }
 
@@ -34,17 +40,15 @@ impl QuotaState {
         Self {
             clock,
             locks: DashMap::new(),
+            latest_until_ms: AtomicU64::new(0),
             streaks: DashMap::new(),
+            any_streak: AtomicBool::new(false),
             windows: Windows::default(),
         }
     }
 
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
-    }
-
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
     }
 
     /// Locks `scope` for `ms` from now. An existing longer lock is kept.
@@ -60,6 +64,7 @@ impl QuotaState {
             reason: String::new(),
         });
         if until_ms > entry.until_ms {
+            self.latest_until_ms.fetch_max(until_ms, Ordering::Relaxed);
             entry.until_ms = until_ms;
             entry.reason = reason.to_string();
             let label = scope.split('@').next().unwrap_or(scope).to_string();
@@ -91,12 +96,13 @@ impl QuotaState {
     /// True when no lock exists at all (expired ones included): lets hot paths skip
     /// building scope names.
     pub fn has_no_locks(&self) -> bool {
-        self.locks.is_empty()
+        let latest = self.latest_until_ms.load(Ordering::Relaxed);
+        latest == 0 || latest <= self.now_ms()
     }
 
     /// The active lock on `scope`, if any.
     pub fn lock(&self, scope: &str) -> Option<Lock> {
-        if self.locks.is_empty() {
+        if self.has_no_locks() {
             return None;
         }
         let lock = self.locks.get(scope)?.clone();
@@ -110,8 +116,8 @@ impl QuotaState {
     }
 
     pub fn is_locked(&self, scope: &str) -> bool {
-        // Fast path: no locks at all is the common case.
-        !self.locks.is_empty() && self.locked_until(scope).is_some()
+        // Fast path: no active lock at all is the common case.
+        !self.has_no_locks() && self.locked_until(scope).is_some()
     }
 
     /// Every active lock, for `/admin/state` and `keyway explain`.
@@ -146,6 +152,7 @@ impl QuotaState {
 
     /// Records a failure for `scope` and returns the streak length.
     pub fn fail(&self, scope: &str) -> u32 {
+        self.any_streak.store(true, Ordering::Relaxed);
         let mut e = self.streaks.entry(scope.to_string()).or_insert(0);
         *e = e.saturating_add(1);
         *e
@@ -153,7 +160,7 @@ impl QuotaState {
 
     /// Ends a failure streak.
     pub fn clear_streak(&self, scope: &str) {
-        if !self.streaks.is_empty() {
+        if self.any_streak.load(Ordering::Relaxed) {
             self.streaks.remove(scope);
         }
     }

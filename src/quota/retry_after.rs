@@ -3,7 +3,7 @@
 //! Anthropic's RFC 3339 `anthropic-ratelimit-*-reset`, and common body hints
 //! ("try again in 20s", `"retryDelay": "36s"`).
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use http::HeaderMap;
 
@@ -136,15 +136,11 @@ fn from_body(body: &str) -> Option<u64> {
     None
 }
 
-/// A [`Duration`] for display.
-pub fn as_duration(ms: u64) -> Duration {
-    Duration::from_millis(ms)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use std::time::Duration;
 
     fn h(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

@@ -208,6 +208,8 @@ impl TestProxyBuilder {
         keyway::install_crypto_provider();
         let (dir, path, cert) = self.write();
         let config = Arc::new(keyway::config::load(&path).unwrap_or_else(|e| panic!("{e}")));
+        // As `keyway run` does: the recorder first, so handles registered at load are live.
+        let prometheus = self.admin.as_ref().map(|_| keyway::metrics::install());
         let server = match &self.clock {
             Some(c) => keyway::server::Server::bind_with_clock(config, c.clone()).await,
             None => keyway::server::Server::bind(config).await,
@@ -219,7 +221,7 @@ impl TestProxyBuilder {
         let admin_addr = match &self.admin {
             None => None,
             Some(_) => {
-                let prometheus = keyway::metrics::install();
+                let prometheus = prometheus.clone().expect("installed above");
                 let admin = keyway::admin::AdminServer::bind(
                     "127.0.0.1:0".parse().unwrap(),
                     server.runtime().clone(),

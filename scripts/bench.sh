@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Benchmarks Keyway against two baselines measured in the same run on 127.0.0.1: direct
+# to the upstream, and nginx as a plain keep-alive reverse proxy. Idempotent: installs what
+# it needs (wrk, nginx, hey, openssl from Debian; for full runs oha from crates.io, which
+# measures fixed-rate latency with coordinated-omission correction; smoke runs use hey).
+#   scripts/bench.sh           full run (about 10 minutes); updates BENCHMARKS.md
+#   scripts/bench.sh --smoke   a few seconds per case, to keep the harness working (CI)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=full
+[[ "${1:-}" == "--smoke" ]] && mode=smoke
+
+need() { command -v "$1" >/dev/null 2>&1; }
+missing=()
+need wrk || missing+=(wrk)
+need nginx || missing+=(nginx-light)
+need openssl || missing+=(openssl)
+need hey || missing+=(hey)
+if ((${#missing[@]})); then
+  echo "installing ${missing[*]}" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [[ "$mode" == full ]] && ! need oha; then
+  echo "installing oha (fixed-rate load generator) from crates.io" >&2
+  cargo install oha --locked --version 1.12.0 --quiet
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "building release binaries..." >&2
+cargo build --release --quiet --bin keyway --example mock_upstream --example sse_load
+
+# 1,000 streams need ~4,000 sockets across the processes.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+python3 scripts/bench/run.py --mode "$mode"
+if [[ "$mode" == full ]]; then
+  python3 scripts/bench/report.py target/bench/results.json BENCHMARKS.md --keep-previous
+else
+  python3 scripts/bench/report.py target/bench/results.json target/bench/BENCHMARKS.smoke.md
+fi

@@ -1,0 +1,335 @@
+"""Runs the benchmark workloads (see scripts/bench.sh) and writes target/bench/results.json.
+
+Baselines and Keyway are measured in the same run, interleaved round by round, so the
+report can quote ratios that survive this machine's noise.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REL = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
+WORK = os.path.join(ROOT, "target", "bench", "run")
+CLIENT_KEY = "bench-client-key"
+CANNED = ('{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"gpt-4o",'
+          '"choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, how are you?"},'
+          '"finish_reason":"stop"}],"usage":{"prompt_tokens":13,"completion_tokens":7,"total_tokens":20}}')
+
+PROFILES = {
+    "full": dict(rounds=3, w1_secs=10, w1_conns=64, w2_secs=10, w2_rate=2000, w3_streams=1000, w3_chunks=100,
+                 w3_pacing_ms=20, reload_trials=15, criterion=True),
+    "smoke": dict(rounds=1, w1_secs=2, w1_conns=16, w2_secs=2, w2_rate=300, w3_streams=40, w3_chunks=10,
+                  w3_pacing_ms=20, reload_trials=3, criterion=False),
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, name, tls=False):
+    for _ in range(200):
+        if proc.poll() is not None:
+            sys.exit(f"{name} exited early (code {proc.returncode}); see {WORK}/{name}.log")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{name} did not open port {port}")
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True, **kw)
+
+
+def proc_status(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0  # MiB
+    return 0.0
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def nginx_conf(name, workers, server_block):
+    d = os.path.join(WORK, name)
+    os.makedirs(os.path.join(d, "logs"), exist_ok=True)
+    conf = f"""
+worker_processes {workers};
+worker_rlimit_nofile 65536;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/logs/error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    {server_block}
+}}
+"""
+    path = os.path.join(d, "nginx.conf")
+    write(path, conf)
+    return ["nginx", "-p", d, "-c", path]
+
+
+def keyway_conf(name, port, up, mock, keys=3, tls=None, policy_dir=None):
+    keylist = ", ".join(f'{{ id = "k{i}", key = "env:BENCH_UPSTREAM_KEY" }}' for i in range(keys))
+    text = f"""
+[server]
+listen = "127.0.0.1:{port}"
+{f'tls = {{ cert = "{tls[0]}", key = "{tls[1]}" }}' if tls else ''}
+[log]
+level = "warn"
+[auth]
+clients = [{{ name = "bench", key = "env:BENCH_CLIENT_KEY" }}]
+{f'[policy]{chr(10)}dir = "{policy_dir}"' if policy_dir else ''}
+[[provider]]
+id = "fast"
+kind = "openai"
+base_url = "http://127.0.0.1:{up}/v1"
+models = ["gpt-4o"]
+[[provider.connection]]
+id = "main"
+keys = [{keylist}]
+[[provider]]
+id = "stream"
+kind = "openai"
+base_url = "http://127.0.0.1:{mock}/v1"
+models = ["stream-model"]
+[[provider.connection]]
+id = "main"
+keys = ["env:BENCH_UPSTREAM_KEY"]
+"""
+    path = os.path.join(WORK, f"{name}.toml")
+    write(path, text)
+    return path
+
+
+def heavy_policy():
+    d = os.path.join(WORK, "heavy-policy")
+    os.makedirs(d, exist_ok=True)
+    routes = "".join(f'            #{{ model: "family{i}-*", targets: ["fast/*"] }},\n' for i in range(30))
+    main_rhai = open(os.path.join(ROOT, "policies", "main.rhai")).read()
+    main_rhai = main_rhai.replace("        routes: [\n", "        routes: [\n" + routes +
+                                  '            #{ model: "gpt-4o*", targets: ["fast/*"] },\n', 1)
+    write(os.path.join(d, "main.rhai"), main_rhai)
+    return d
+
+
+def wrk(url, secs, conns, model="gpt-4o"):
+    env = dict(os.environ, BENCH_KEY=CLIENT_KEY, BENCH_MODEL=model)
+    r = sh(["wrk", "-t2", f"-c{conns}", f"-d{secs}s", "--latency", "-s",
+            os.path.join(ROOT, "scripts", "bench", "wrk_post.lua"), url], env=env)
+    line = [l for l in r.stdout.splitlines() if l.startswith("{")]
+    if not line:
+        sys.exit(f"wrk failed against {url}: {r.stdout}{r.stderr}")
+    return json.loads(line[-1])
+
+
+def oha(url, secs, rate):
+    body = '{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}'
+    r = sh(["oha", "-z", f"{secs}s", "-q", str(rate), "-c", "32", "--latency-correction", "--no-tui", "--insecure",
+            "--output-format", "json", "-m", "POST", "-H", "content-type: application/json",
+            "-H", f"authorization: Bearer {CLIENT_KEY}", "-d", body, url])
+    try:
+        j = json.loads(r.stdout)
+    except json.JSONDecodeError:
+        sys.exit(f"oha failed against {url}: {r.stdout[:500]}{r.stderr[:500]}")
+    p = j["latencyPercentiles"]
+    codes = j.get("statusCodeDistribution", {})
+    errors = sum(v for k, v in codes.items() if k != "200") + sum(j.get("errorDistribution", {}).values())
+    return {"rps": j["summary"]["requestsPerSec"], "p50_us": p["p50"] * 1e6, "p99_us": p["p99"] * 1e6,
+            "p999_us": p.get("p99.9", p["p99"]) * 1e6, "errors": errors}
+
+
+def hey(url, secs, rate):
+    """Fixed rate with hey (Debian): -q is per worker, so 20 workers at rate/20 each."""
+    body = '{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}'
+    workers = 20
+    r = sh(["hey", "-z", f"{secs}s", "-c", str(workers), "-q", str(max(1, rate // workers)), "-m", "POST",
+            "-T", "application/json", "-H", f"Authorization: Bearer {CLIENT_KEY}", "-d", body, url])
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
+    pct = {int(p): float(s) * 1e6 for p, s in re.findall(r"(\d+)%+ in ([\d.]+) secs", r.stdout)}
+    if not rps or 50 not in pct:
+        sys.exit(f"hey failed against {url}: {r.stdout[:500]}{r.stderr[:500]}")
+    ok = sum(int(n) for n in re.findall(r"\[200\]\s+(\d+) responses", r.stdout))
+    total = sum(int(n) for n in re.findall(r"\[\d+\]\s+(\d+) responses", r.stdout))
+    # Non-200 responses, plus transport errors ("  [3]\tPost ...: dial tcp ...").
+    transport = r.stdout.split("Error distribution:")[1] if "Error distribution:" in r.stdout else ""
+    # Requests still in flight when hey's own -z deadline fires are not failures.
+    errors = total - ok + sum(int(n) for n, msg in re.findall(r"\[(\d+)\]\s+((?:Get|Post).*)", transport)
+                              if "deadline exceeded" not in msg and "Client.Timeout" not in msg)
+    return {"rps": float(rps.group(1)), "p50_us": pct[50], "p99_us": pct.get(99, pct[max(pct)]),
+            "p999_us": pct.get(99, pct[max(pct)]), "errors": errors}
+
+
+def fixed_rate(url, secs, rate):
+    return oha(url, secs, rate) if shutil.which("oha") else hey(url, secs, rate)
+
+
+def sse(url, streams, chunks):
+    r = sh([os.path.join(REL, "examples", "sse_load"), "--url", url, "--streams", str(streams), "--chunks",
+            str(chunks), "--key", CLIENT_KEY, "--model", "stream-model"])
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        sys.exit(f"sse_load failed against {url}: {r.stdout}{r.stderr}")
+
+
+def criterion():
+    r = sh(["cargo", "bench", "--bench", "policy", "--", "--warm-up-time", "1", "--measurement-time", "3"], cwd=ROOT)
+    out = {}
+    for m in re.finditer(r"policy_per_request/(\S+)\s+time:\s+\[\S+ \S+ (\S+) (\S+)", r.stdout):
+        value, unit = float(m.group(2)), m.group(3)
+        out[m.group(1)] = value / 1000 if unit == "ns" else value
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mode", choices=PROFILES, default="full")
+    args = ap.parse_args()
+    P = PROFILES[args.mode]
+    shutil.rmtree(WORK, ignore_errors=True)
+    os.makedirs(WORK)
+    ports = {k: free_port() for k in ["up", "ngx", "ngx_s", "mock", "kw", "kws", "kwh"]}
+    cert, key = os.path.join(WORK, "cert.pem"), os.path.join(WORK, "key.pem")
+    sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+        key, "-out", cert, "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+       check=True)
+    env = dict(os.environ, BENCH_CLIENT_KEY=CLIENT_KEY, BENCH_UPSTREAM_KEY="sk-bench-upstream", MOCK_THREADS="1")
+    canned = CANNED.replace("'", "\\'")
+    specs = [
+        ("nginx-upstream", nginx_conf("nginx-upstream", 1, f"""server {{ listen 127.0.0.1:{ports['up']} backlog=4096;
+            location / {{ default_type application/json; return 200 '{canned}'; }} }}"""), ports["up"]),
+        ("nginx-proxy", nginx_conf("nginx-proxy", 2, f"""
+            upstream fast {{ server 127.0.0.1:{ports['up']}; keepalive 128; }}
+            upstream mock {{ server 127.0.0.1:{ports['mock']}; keepalive 1024; }}
+            server {{ listen 127.0.0.1:{ports['ngx']} backlog=4096;
+                location / {{ proxy_pass http://fast; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
+            server {{ listen 127.0.0.1:{ports['ngx_s']} backlog=4096;
+                location / {{ proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection "";
+                              proxy_buffering off; }} }}"""), ports["ngx"]),
+        ("mock", [os.path.join(REL, "examples", "mock_upstream"), "--listen", f"127.0.0.1:{ports['mock']}",
+                  "--chunks", str(P["w3_chunks"]), "--pacing-ms", str(P["w3_pacing_ms"])], ports["mock"]),
+        ("keyway", [os.path.join(REL, "keyway"), "run", "-c", keyway_conf("keyway", ports["kw"], ports["up"], ports["mock"])],
+         ports["kw"]),
+        ("keyway-tls", [os.path.join(REL, "keyway"), "run", "-c",
+                        keyway_conf("keyway-tls", ports["kws"], ports["up"], ports["mock"], tls=(cert, key))], ports["kws"]),
+        ("keyway-heavy", [os.path.join(REL, "keyway"), "run", "-c",
+                          keyway_conf("keyway-heavy", ports["kwh"], ports["up"], ports["mock"], keys=10,
+                                      policy_dir=heavy_policy())], ports["kwh"]),
+    ]
+    procs = {}
+    try:
+        for name, cmd, port in specs:
+            log = open(os.path.join(WORK, f"{name}.log"), "w")
+            procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            wait_port(port, procs[name], name)
+        kw_pid = procs["keyway"].pid
+        time.sleep(0.5)
+        idle_rss = proc_status(kw_pid, "VmRSS")
+        path = "/v1/chat/completions"
+        w1_targets = {"direct": f"http://127.0.0.1:{ports['up']}{path}", "nginx": f"http://127.0.0.1:{ports['ngx']}{path}",
+                      "keyway": f"http://127.0.0.1:{ports['kw']}{path}", "keyway_tls": f"https://127.0.0.1:{ports['kws']}{path}",
+                      "keyway_heavy": f"http://127.0.0.1:{ports['kwh']}{path}"}
+        w1 = {k: [] for k in w1_targets}
+        w2_targets = {k: v for k, v in w1_targets.items() if k != "keyway_heavy"}
+        w2 = {k: [] for k in w2_targets}
+        w3_targets = {"direct": f"http://127.0.0.1:{ports['mock']}{path}", "nginx": f"http://127.0.0.1:{ports['ngx_s']}{path}",
+                      "keyway": f"http://127.0.0.1:{ports['kw']}{path}"}
+        w3 = {k: [] for k in w3_targets}
+        peak, cpu_per_stream = [], []
+        # Warm every target (connection pools, page cache) before measuring.
+        for url in w1_targets.values():
+            wrk(url, 1, 8)
+        for rnd in range(P["rounds"]):
+            print(f"round {rnd + 1}/{P['rounds']}", flush=True)
+            for name, url in w1_targets.items():
+                w1[name].append(wrk(url, P["w1_secs"], P["w1_conns"]))
+                print(f"  w1 {name}: {w1[name][-1]['rps']:.0f} req/s", flush=True)
+            for name, url in w2_targets.items():
+                w2[name].append(fixed_rate(url, P["w2_secs"], P["w2_rate"]))
+                print(f"  w2 {name}: p50 {w2[name][-1]['p50_us']:.0f} µs p99 {w2[name][-1]['p99_us']:.0f} µs", flush=True)
+            for name, url in w3_targets.items():
+                if name == "keyway":
+                    with open(f"/proc/{kw_pid}/clear_refs", "w") as f:
+                        f.write("5")  # reset the peak-RSS mark
+                    cpu0 = cpu_seconds(kw_pid)
+                res = sse(url, P["w3_streams"], P["w3_chunks"])
+                if name == "keyway":
+                    peak.append(proc_status(kw_pid, "VmHWM"))
+                    cpu_per_stream.append((cpu_seconds(kw_pid) - cpu0) * 1000 / P["w3_streams"])
+                w3[name].append(res)
+                print(f"  w3 {name}: {res['ok']}/{res['streams']} ok, lost {res['lost_chunks']}, "
+                      f"ttfb p50 {res['ttfb_p50_ms']:.2f} ms", flush=True)
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    reload = sh([sys.executable, os.path.join(ROOT, "scripts", "bench", "reload_latency.py"), os.path.join(REL, "keyway"),
+                 os.path.join(REL, "examples", "mock_upstream"), str(P["reload_trials"])])
+    m = re.search(r"median: ([\d.]+) ms", reload.stdout)
+    crit = criterion() if P["criterion"] else {}
+    cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+    mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": args.mode,
+        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model, "mem_gib": round(mem / 1024 / 1024),
+                    "kernel": platform.platform()},
+        "versions": {"keyway": sh([os.path.join(REL, "keyway"), "version"]).stdout.strip().split()[-1],
+                     "rustc": sh(["rustc", "--version"]).stdout.strip(),
+                     "nginx": sh(["nginx", "-v"]).stderr.strip().replace("nginx version: ", ""),
+                     "wrk": "wrk " + (sh(["wrk", "-v"]).stdout.split()[1:2] or ["?"])[0],
+                     "oha": sh(["oha", "--version"]).stdout.strip() if shutil.which("oha") else "hey (oha not installed)"},
+        **P,
+        "w1": w1, "w2": w2, "w3": w3,
+        "keyway": {"binary_mib": os.path.getsize(os.path.join(REL, "keyway")) / 1024 / 1024, "idle_rss_mib": idle_rss,
+                   "stream_peak_rss_mib": peak, "stream_cpu_ms_per_stream": cpu_per_stream,
+                   "reload_median_ms": float(m.group(1)) if m else None},
+        "criterion": crit,
+    }
+    out = os.path.join(ROOT, "target", "bench", "results.json")
+    write(out, json.dumps(results, indent=1))
+    lost = sum(x["lost_chunks"] + x["reordered_chunks"] + x["failed"] for runs in w3.values() for x in runs)
+    errors = sum(x["errors"] for d in (w1, w2) for runs in d.values() for x in runs)
+    print(f"results: {out}")
+    if lost or errors:
+        sys.exit(f"benchmark found failures: {errors} request errors, {lost} lost/reordered chunks or failed streams")
+
+
+if __name__ == "__main__":
+    main()
