@@ -23,7 +23,7 @@ if ((${#missing[@]})); then
 fi
 if [[ "$mode" == full ]] && ! need oha; then
   echo "installing oha (fixed-rate load generator) from crates.io" >&2
-  cargo install oha --locked --version 1.12.0 --quiet
+  cargo install oha --locked --version 1.16.0 --quiet
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 
