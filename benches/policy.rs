@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, StatusCode};
 use keyway::config::Config;
 use keyway::format::ApiFormat;
-use keyway::keys::{KeyRegistry, Scopes};
+use keyway::keys::KeyRegistry;
 use keyway::outcome::Outcome;
 use keyway::policy::{
     defaults, AttemptInfo, AttemptView, ConnView, OutcomeView, Policy, RequestInfo, RequestView,
@@ -77,18 +77,7 @@ fn setup(text: &str, keys: usize) -> Setup {
     let registry = KeyRegistry::new(&cfg);
     let c = cfg.providers[0].connections[0].clone();
     let key = &c.keys[0];
-    let attempt = AttemptView(Arc::new(AttemptInfo {
-        number: 1,
-        provider: "openai".into(),
-        connection: "main".into(),
-        model: "gpt-4o".into(),
-        key_id: key.id.clone(),
-        fingerprint: key.secret.fingerprint().into(),
-        key_scope: Scopes::key(&c, key),
-        key_model_scope: Scopes::key_model(&c, key, "gpt-4o"),
-        conn_scope: Scopes::connection(&c),
-        model_scope: Scopes::model("openai", "gpt-4o"),
-    }));
+    let attempt = AttemptView(Arc::new(AttemptInfo::new(1, &c, key, "gpt-4o")));
     Setup {
         req: RequestView(Arc::new(RequestInfo {
             model: "gpt-4o".into(),

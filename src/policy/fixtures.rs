@@ -27,7 +27,7 @@ use super::explain::{explain, ExplainRequest};
 use super::{AttemptInfo, AttemptView, OutcomeView, Policy};
 use crate::config::Config;
 use crate::format::ApiFormat;
-use crate::keys::{KeyRegistry, Scopes};
+use crate::keys::KeyRegistry;
 use crate::outcome::Outcome;
 use crate::quota::{ManualClock, QuotaState};
 
@@ -213,18 +213,7 @@ fn run_case(config: &Config, source: &Arc<str>, text: &str, case: &Case) -> Resu
         .ok_or("unknown key")?;
     let status = StatusCode::from_u16(o.status).map_err(|e| e.to_string())?;
     let outcome = Outcome::from_response(status, &headers(&o.headers)?, &o.body, quota.now_ms());
-    let attempt = AttemptView(Arc::new(AttemptInfo {
-        number: 1,
-        provider: provider.id.clone(),
-        connection: conn.id.clone(),
-        model: model.to_string(),
-        key_id: key.id.clone(),
-        fingerprint: key.secret.fingerprint().to_string(),
-        key_scope: Scopes::key(conn, key),
-        key_model_scope: Scopes::key_model(conn, key, model),
-        conn_scope: Scopes::connection(conn),
-        model_scope: Scopes::model(&provider.id, model),
-    }));
+    let attempt = AttemptView(Arc::new(AttemptInfo::new(1, conn, key, model)));
     let decision = policy
         .on_outcome(&req.view(), &attempt, &OutcomeView(Arc::new(outcome)))
         .map_err(|e| e.to_string())?;

@@ -212,18 +212,7 @@ fn main_rhai_matches_the_native_defaults() {
     let cfg = config();
     let conn = cfg.providers[0].connections[0].clone();
     let key = &conn.keys[0];
-    let attempt = AttemptInfo {
-        number: 1,
-        provider: "openai".into(),
-        connection: "main".into(),
-        model: "gpt-4o".into(),
-        key_id: key.id.clone(),
-        fingerprint: key.secret.fingerprint().into(),
-        key_scope: Scopes::key(&conn, key),
-        key_model_scope: Scopes::key_model(&conn, key, "gpt-4o"),
-        conn_scope: Scopes::connection(&conn),
-        model_scope: Scopes::model("openai", "gpt-4o"),
-    };
+    let attempt = AttemptInfo::new(1, &conn, key, "gpt-4o");
     let outcomes = [
         (200, "", None),
         (429, "rate limit", Some("7")),
@@ -258,7 +247,7 @@ fn main_rhai_matches_the_native_defaults() {
                 let d = if scripted {
                     p.on_outcome(
                         &req("gpt-4o"),
-                        &AttemptView(Arc::new(clone_attempt(&attempt))),
+                        &AttemptView(Arc::new(AttemptInfo::new(1, &conn, key, "gpt-4o"))),
                         &OutcomeView(Arc::new(o)),
                     )
                     .unwrap()
@@ -271,21 +260,6 @@ fn main_rhai_matches_the_native_defaults() {
             (decisions, q.active_locks())
         };
         assert_eq!(run(true), run(false), "{status} {body}");
-    }
-}
-
-fn clone_attempt(a: &AttemptInfo) -> AttemptInfo {
-    AttemptInfo {
-        number: a.number,
-        provider: a.provider.clone(),
-        connection: a.connection.clone(),
-        model: a.model.clone(),
-        key_id: a.key_id.clone(),
-        fingerprint: a.fingerprint.clone(),
-        key_scope: a.key_scope.clone(),
-        key_model_scope: a.key_model_scope.clone(),
-        conn_scope: a.conn_scope.clone(),
-        model_scope: a.model_scope.clone(),
     }
 }
 

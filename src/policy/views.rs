@@ -6,9 +6,9 @@ use std::sync::Arc;
 use http::HeaderMap;
 use rhai::{Dynamic, Engine, ImmutableString, INT};
 
-use crate::config::Connection;
+use crate::config::{ApiKey, Connection};
 use crate::format::ApiFormat;
-use crate::keys::KeyPool;
+use crate::keys::{KeyPool, Scopes};
 use crate::outcome::Outcome;
 
 /// What a policy knows about the client request.
@@ -40,6 +40,24 @@ pub struct AttemptInfo {
     pub key_model_scope: String,
     pub conn_scope: String,
     pub model_scope: String,
+}
+
+impl AttemptInfo {
+    /// Attempt `number` of a request, with `key` of `conn`, asking for `model`.
+    pub fn new(number: u32, conn: &Connection, key: &ApiKey, model: &str) -> Self {
+        Self {
+            number,
+            provider: conn.provider.clone(),
+            connection: conn.id.clone(),
+            model: model.to_string(),
+            key_id: key.id.clone(),
+            fingerprint: key.secret.fingerprint().to_string(),
+            key_scope: Scopes::key(conn, key),
+            key_model_scope: Scopes::key_model(conn, key, model),
+            conn_scope: Scopes::connection(conn),
+            model_scope: Scopes::model(&conn.provider, model),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -158,18 +158,8 @@ impl AttemptContext<'_> {
                     let started = Instant::now();
                     let (outcome, response) = self.try_once(target, key).await;
                     let upstream_wait = started.elapsed();
-                    let attempt = AttemptView(Arc::new(AttemptInfo {
-                        number,
-                        provider: provider.id.clone(),
-                        connection: conn.id.clone(),
-                        model: target.model.clone(),
-                        key_id: key.id.clone(),
-                        fingerprint: key.secret.fingerprint().to_string(),
-                        key_scope: Scopes::key(conn, key),
-                        key_model_scope: Scopes::key_model(conn, key, &target.model),
-                        conn_scope: conn_scope.clone(),
-                        model_scope: model_scope.clone(),
-                    }));
+                    let attempt =
+                        AttemptView(Arc::new(AttemptInfo::new(number, conn, key, &target.model)));
                     let outcome = OutcomeView(Arc::new(outcome));
                     let decision = match self.snap.policy.on_outcome(&self.req, &attempt, &outcome)
                     {
