@@ -18,7 +18,7 @@ use crate::upstream::Upstream;
 #[derive(Debug)]
 pub struct Snapshot {
     pub config: Arc<Config>,
-    pub auth: ClientAuth,
+    pub auth: Arc<ClientAuth>,
     pub policy: Arc<Policy>,
 }
 
@@ -41,7 +41,7 @@ impl Runtime {
             keys: KeyRegistry::new(&config),
             upstream: Upstream::new(&config.timeouts),
             snapshot: ArcSwap::from_pointee(Snapshot {
-                auth: ClientAuth::new(&config.auth),
+                auth: Arc::new(ClientAuth::new(&config.auth)),
                 config,
                 policy,
             }),
@@ -68,7 +68,8 @@ impl Runtime {
         let current = self.snapshot.load();
         self.snapshot.store(Arc::new(Snapshot {
             config: current.config.clone(),
-            auth: ClientAuth::new(&current.config.auth),
+            // Same config: the client keys' digests are still valid.
+            auth: current.auth.clone(),
             policy,
         }));
     }
@@ -78,7 +79,7 @@ impl Runtime {
         let previous = self.snapshot.load_full();
         self.keys.rebuild(Some(&previous.config), &config);
         self.snapshot.store(Arc::new(Snapshot {
-            auth: ClientAuth::new(&config.auth),
+            auth: Arc::new(ClientAuth::new(&config.auth)),
             config,
             policy,
         }));

@@ -28,7 +28,7 @@ const CLIENT_ONLY: [&str; 9] = [
     "cookie",
 ];
 
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
 

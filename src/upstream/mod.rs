@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::{ApiKey, Provider, ProviderKind, Timeouts};
 use crate::format::ApiFormat;
 
-pub use headers::{filter_response_headers, is_hop_by_hop};
+pub use headers::filter_response_headers;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
