@@ -13,14 +13,12 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::format::ApiFormat;
 use crate::keys::Scopes;
@@ -28,6 +26,7 @@ use crate::metrics as m;
 use crate::policy::explain::{explain, ExplainRequest};
 use crate::reload::Reloader;
 use crate::runtime::Runtime;
+use crate::server::conn::{ConnSettings, Connections, Handler};
 
 type AdminBody = Full<Bytes>;
 
@@ -64,31 +63,42 @@ impl AdminServer {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Serves until `shutdown` resolves. The admin listener has the proxy's deadlines
+    /// and header limit, and a small connection cap of its own.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = self.listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(_) => {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => return,
-            };
-            let admin = self.admin.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(req, peer).await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+        let snap = self.admin.runtime.snapshot();
+        let settings = ConnSettings {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            ..crate::server::settings(&snap.config.server, &snap.config.timeouts)
+        };
+        drop(snap);
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(Connections::new("admin", settings).serve(
+            self.listener,
+            None,
+            self.admin,
+            stop.clone(),
+            std::time::Duration::from_secs(1),
+        ));
+        shutdown.await;
+        stop.cancel();
+        let _ = serving.await;
+    }
+}
+
+/// Scrapers, probes and operators: a few connections at a time.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+impl Handler for Admin {
+    type Body = AdminBody;
+    type Error = Infallible;
+
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<AdminBody>> + Send {
+        Admin::handle(self, req, peer)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod format;
 pub mod keys;
+pub mod logfmt;
 pub mod metrics;
 pub mod outcome;
 pub mod policy;

@@ -44,6 +44,17 @@ pub const POLICY_RELOADS: &str = "keyway_policy_reloads_total";
 pub const POLICY_LAST_RELOAD: &str = "keyway_policy_last_reload_timestamp_seconds";
 /// TLS certificate reloads, by `result`.
 pub const TLS_RELOADS: &str = "keyway_tls_reloads_total";
+/// Open client connections, by `listener` (`proxy`, `admin`).
+pub const CONNECTIONS: &str = "keyway_connections";
+/// Client connections Keyway closed or refused, by `listener` and `reason` (`no_request`,
+/// `idle`, `evicted`, `refused`, `shutdown`).
+pub const CONNECTIONS_CLOSED: &str = "keyway_connections_closed_total";
+/// Failed accepts (e.g. out of file descriptors), by `listener`.
+pub const ACCEPT_ERRORS: &str = "keyway_accept_errors_total";
+/// Requests whose client left before the response headers (logged with status 499).
+pub const CLIENT_ABORTS: &str = "keyway_client_aborts_total";
+/// Relayed streams Keyway ended itself, by `reason` (`idle`, `broken`, `event_too_large`).
+pub const STREAMS_CUT: &str = "keyway_streams_cut_total";
 
 /// Buckets for fast paths: 10 µs to 1 s.
 const FINE: &[f64] = &[
@@ -187,4 +198,15 @@ fn describe() {
         "Unix time of the last successful reload"
     );
     describe_counter!(TLS_RELOADS, "TLS certificate reloads by result");
+    describe_gauge!(CONNECTIONS, "Open client connections by listener");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Client connections closed or refused by Keyway, by listener and reason"
+    );
+    describe_counter!(ACCEPT_ERRORS, "Failed accepts by listener");
+    describe_counter!(
+        CLIENT_ABORTS,
+        "Requests whose client left before the response headers"
+    );
+    describe_counter!(STREAMS_CUT, "Relayed streams ended by Keyway, by reason");
 }

@@ -118,6 +118,18 @@ impl Outcome {
         }
     }
 
+    /// Caps the upstream's wait hint: `max_retry_after` for rate limits, `max_quota_wait`
+    /// for quota exhaustion (and any other class), so a hostile or broken `Retry-After`
+    /// cannot lock a key for years.
+    pub fn cap_wait(&mut self, policy: &crate::config::PolicyConfig) {
+        let cap = match self.class {
+            OutcomeClass::RateLimited => policy.max_retry_after,
+            _ => policy.max_quota_wait,
+        };
+        let cap = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+        self.retry_after_ms = self.retry_after_ms.map(|ms| ms.min(cap));
+    }
+
     /// The outcome of an attempt that got no response.
     pub fn failure(class: OutcomeClass, message: String) -> Self {
         Self {

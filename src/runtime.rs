@@ -12,6 +12,7 @@ use crate::keys::KeyRegistry;
 use crate::policy::{Policy, PolicyLoadError};
 use crate::proxy::ClientAuth;
 use crate::quota::{Clock, QuotaState};
+use crate::upstream::redact::Redactor;
 use crate::upstream::Upstream;
 
 /// What one request sees, consistently.
@@ -20,6 +21,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub auth: Arc<ClientAuth>,
     pub policy: Arc<Policy>,
+    /// The config's upstream secrets, for scrubbing what upstreams send back.
+    pub redactor: Arc<Redactor>,
 }
 
 pub struct Runtime {
@@ -42,6 +45,7 @@ impl Runtime {
             upstream: Upstream::new(&config.timeouts),
             snapshot: ArcSwap::from_pointee(Snapshot {
                 auth: Arc::new(ClientAuth::new(&config.auth)),
+                redactor: Arc::new(Redactor::new(&config)),
                 config,
                 policy,
             }),
@@ -68,8 +72,9 @@ impl Runtime {
         let current = self.snapshot.load();
         self.snapshot.store(Arc::new(Snapshot {
             config: current.config.clone(),
-            // Same config: the client keys' digests are still valid.
+            // Same config: the client keys' digests and the secrets are still valid.
             auth: current.auth.clone(),
+            redactor: current.redactor.clone(),
             policy,
         }));
     }
@@ -80,6 +85,7 @@ impl Runtime {
         self.keys.rebuild(Some(&previous.config), &config);
         self.snapshot.store(Arc::new(Snapshot {
             auth: Arc::new(ClientAuth::new(&config.auth)),
+            redactor: Arc::new(Redactor::new(&config)),
             config,
             policy,
         }));

@@ -45,6 +45,10 @@ pub(super) struct PolicySection {
     #[serde(default, with = "humantime_serde")]
     pub call_timeout: Option<Duration>,
     pub max_operations: Option<Spanned<u64>>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_retry_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_quota_wait: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -60,6 +64,10 @@ pub(super) struct ServerSection {
     pub listen: Spanned<String>,
     pub tls: Option<TlsSection>,
     pub max_body_bytes: Option<Spanned<u64>>,
+    pub max_connections: Option<Spanned<u64>>,
+    pub max_header_bytes: Option<Spanned<u64>>,
+    pub max_uri_bytes: Option<Spanned<u64>>,
+    pub max_sse_event_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +94,8 @@ pub(super) struct TimeoutsSection {
     pub stream_idle: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub shutdown_drain: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +132,7 @@ pub(super) struct ProviderSection {
     #[serde(default)]
     pub models: Vec<String>,
     pub anthropic_version: Option<String>,
+    pub forward_query: Option<bool>,
     #[serde(default, rename = "connection")]
     pub connections: Vec<ConnectionSection>,
 }

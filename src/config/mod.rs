@@ -54,6 +54,10 @@ pub struct PolicyConfig {
     pub call_timeout: Duration,
     /// Rhai operation limit of one hook call.
     pub max_operations: u64,
+    /// Longest wait taken from an upstream's rate-limit hint (`Retry-After` and the like).
+    pub max_retry_after: Duration,
+    /// Longest wait taken from a quota-exhaustion hint.
+    pub max_quota_wait: Duration,
 }
 
 /// What a failing policy call (script error, limit, deadline) leads to.
@@ -71,6 +75,39 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Request bodies larger than this are answered 413.
     pub max_body_bytes: u64,
+    /// Open client connections at once; at the cap the longest-idle one is closed to make
+    /// room, and a new connection is refused only when every open one is busy.
+    pub max_connections: usize,
+    /// Request line and headers (HTTP/1.1) or header list (HTTP/2): 431 beyond.
+    pub max_header_bytes: usize,
+    /// Request target (path and query): 414 beyond.
+    pub max_uri_bytes: usize,
+    /// Largest SSE event held back while relaying a stream; beyond it the stream ends with
+    /// the client's terminal error event.
+    pub max_sse_event_bytes: usize,
+}
+
+/// Defaults and bounds of the `[server]` limits (README documents the same numbers).
+pub mod limits {
+    pub const MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+    /// Upper default for `max_connections`; lowered to fit the descriptor limit.
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+    /// hyper's smallest read buffer.
+    pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+    pub const MAX_URI_BYTES: usize = 8 * 1024;
+    pub const MAX_SSE_EVENT_BYTES: usize = 8 * 1024 * 1024;
+    /// Descriptors kept for upstream connections, listeners, config and log files.
+    pub const RESERVED_DESCRIPTORS: u64 = 64;
+
+    /// The default connection cap for a process allowed `nofile` descriptors: every proxied
+    /// request holds two (client and upstream), so at most half of what is left.
+    pub fn default_max_connections(nofile: u64) -> usize {
+        let fit = nofile.saturating_sub(RESERVED_DESCRIPTORS) / 2;
+        usize::try_from(fit)
+            .unwrap_or(usize::MAX)
+            .clamp(16, MAX_CONNECTIONS)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +127,9 @@ pub struct Timeouts {
     pub upstream_headers: Duration,
     pub stream_idle: Duration,
     pub shutdown_drain: Duration,
+    /// A client connection with no request in flight (HTTP/2, and HTTP/1.1 beyond
+    /// `request_header`) is closed this long after its last request ended.
+    pub idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -102,6 +142,7 @@ impl Default for Timeouts {
             upstream_headers: Duration::from_secs(300),
             stream_idle: Duration::from_secs(120),
             shutdown_drain: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
         }
     }
 }
@@ -158,6 +199,8 @@ pub struct Provider {
     /// Bare model names this provider may serve.
     pub models: Vec<String>,
     pub anthropic_version: String,
+    /// Pass the client's query string on to this provider (default true).
+    pub forward_query: bool,
     pub connections: Vec<Arc<Connection>>,
 }
 
@@ -171,12 +214,16 @@ pub struct BaseUrl {
 }
 
 impl BaseUrl {
-    /// The full upstream URI for an API path such as `/chat/completions`.
-    pub fn join(&self, api_path: &str) -> Result<Uri, http::Error> {
+    /// The full upstream URI for an API path such as `/chat/completions`, with a query.
+    pub fn join(&self, api_path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let path_and_query = match query {
+            Some(q) => format!("{}{}?{}", self.path, api_path, q),
+            None => format!("{}{}", self.path, api_path),
+        };
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
-            .path_and_query(format!("{}{}", self.path, api_path))
+            .path_and_query(path_and_query)
             .build()
     }
 }
@@ -216,6 +263,11 @@ pub struct ApiKey {
 pub struct ConfigError {
     pub location: String,
     pub message: String,
+}
+
+/// The soft limit on open descriptors (Keyway raises it to the hard limit at start).
+fn descriptor_limit() -> u64 {
+    rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
 /// Reads and validates the config file.
@@ -276,13 +328,39 @@ impl Validator<'_> {
                 cert: self.src.base_dir().join(t.cert.get_ref()),
                 key: self.src.base_dir().join(t.key.get_ref()),
             }),
-            max_body_bytes: match &raw.server.max_body_bytes {
-                Some(v) if *v.get_ref() == 0 => {
-                    return self.err(v.span(), "max_body_bytes must be greater than 0")
-                }
-                Some(v) => *v.get_ref(),
-                None => 32 * 1024 * 1024,
+            max_body_bytes: self.bounded(
+                &raw.server.max_body_bytes,
+                "max_body_bytes",
+                1..=u64::MAX,
+                limits::MAX_BODY_BYTES,
+            )?,
+            max_connections: match &raw.server.max_connections {
+                Some(_) => self.bounded(
+                    &raw.server.max_connections,
+                    "max_connections",
+                    1..=1_000_000,
+                    0,
+                )? as usize,
+                None => limits::default_max_connections(descriptor_limit()),
             },
+            max_header_bytes: self.bounded(
+                &raw.server.max_header_bytes,
+                "max_header_bytes",
+                limits::MIN_HEADER_BYTES as u64..=1024 * 1024,
+                limits::MAX_HEADER_BYTES as u64,
+            )? as usize,
+            max_uri_bytes: self.bounded(
+                &raw.server.max_uri_bytes,
+                "max_uri_bytes",
+                256..=1024 * 1024,
+                limits::MAX_URI_BYTES as u64,
+            )? as usize,
+            max_sse_event_bytes: self.bounded(
+                &raw.server.max_sse_event_bytes,
+                "max_sse_event_bytes",
+                1024..=1024 * 1024 * 1024,
+                limits::MAX_SSE_EVENT_BYTES as u64,
+            )? as usize,
         };
         let t = &raw.timeouts;
         let d = Timeouts::default();
@@ -294,6 +372,7 @@ impl Validator<'_> {
             upstream_headers: t.upstream_headers.unwrap_or(d.upstream_headers),
             stream_idle: t.stream_idle.unwrap_or(d.stream_idle),
             shutdown_drain: t.shutdown_drain.unwrap_or(d.shutdown_drain),
+            idle: t.idle.unwrap_or(d.idle),
         };
         let admin = match raw.admin {
             None => None,
@@ -372,7 +451,31 @@ impl Validator<'_> {
             max_attempts,
             call_timeout: raw.call_timeout.unwrap_or(Duration::from_millis(50)),
             max_operations,
+            max_retry_after: raw.max_retry_after.unwrap_or(Duration::from_secs(3600)),
+            max_quota_wait: raw.max_quota_wait.unwrap_or(Duration::from_secs(86_400)),
         })
+    }
+
+    /// An optional integer setting within `range`, or `default` when absent.
+    fn bounded(
+        &self,
+        v: &Option<Spanned<u64>>,
+        name: &str,
+        range: std::ops::RangeInclusive<u64>,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(v) if range.contains(v.get_ref()) => Ok(*v.get_ref()),
+            Some(v) => self.err(
+                v.span(),
+                format!(
+                    "{name} must be between {} and {}",
+                    range.start(),
+                    range.end()
+                ),
+            ),
+        }
     }
 
     fn addr(&self, s: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
@@ -518,6 +621,7 @@ impl Validator<'_> {
             id,
             kind,
             base_url,
+            forward_query: p.forward_query.unwrap_or(true),
             models: p.models,
             connections,
         })

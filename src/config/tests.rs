@@ -36,7 +36,10 @@ fn parses_a_full_config_into_the_internal_shape() {
     assert_eq!(p.kind, ProviderKind::OpenAi);
     assert_eq!(p.base_url.path, "/v1");
     assert_eq!(
-        p.base_url.join("/chat/completions").unwrap().to_string(),
+        p.base_url
+            .join("/chat/completions", None)
+            .unwrap()
+            .to_string(),
         "https://api.openai.com/v1/chat/completions"
     );
     let keys = &p.connections[0].keys;

@@ -56,9 +56,9 @@ pub fn on_outcome(quota: &QuotaState, a: &AttemptInfo, o: &Outcome) -> Decision 
         OutcomeClass::QuotaExhausted => {
             let now = quota.now_ms();
             let until = match o.retry_after_ms {
-                Some(ms) => now + ms,
+                Some(ms) => now.saturating_add(ms),
                 None if o.daily => next_midnight_utc_ms(now),
-                None => now + QUOTA_LOCK_MS,
+                None => now.saturating_add(QUOTA_LOCK_MS),
             };
             quota.lock_until(&a.key_model_scope, until, class);
             Decision::Next

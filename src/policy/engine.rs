@@ -198,7 +198,7 @@ fn quota_module(quota: Arc<QuotaState>) -> Module {
     });
     let window = |secs: INT| -> Result<u64, Box<EvalAltResult>> {
         if secs > 0 {
-            Ok(secs as u64 * 1000)
+            Ok((secs as u64).saturating_mul(1000))
         } else {
             Err("window must be a positive number of seconds".into())
         }

@@ -58,6 +58,8 @@ pub struct AttemptContext<'a> {
     pub runtime: &'a Runtime,
     pub format: ApiFormat,
     pub headers: &'a HeaderMap,
+    /// The client's query string, forwarded unless the provider says otherwise.
+    pub query: Option<&'a str>,
     pub parsed: &'a ParsedBody,
     pub req: RequestView,
 }
@@ -250,12 +252,14 @@ impl AttemptContext<'_> {
     ) -> (Outcome, Option<Response<ProxyBody>>) {
         let provider = &target.provider;
         let t = &self.snap.config.timeouts;
-        let scrub = |s: String| s.replace(key.secret.expose(), key.secret.fingerprint());
+        let redactor = &self.snap.redactor;
+        let scrub = |s: String| redactor.redact_string(s);
         let req = match upstream::build_request(
             provider,
             self.format,
             key,
             self.headers,
+            self.query,
             self.parsed.body_for(&target.model),
         ) {
             Ok(r) => r,
@@ -291,6 +295,7 @@ impl AttemptContext<'_> {
                 Ok(None) => None,
             };
             let outcome = Outcome::from_response(status, &parts.headers, "", now);
+            redactor.redact_headers(&mut parts.headers);
             let resp = relay(
                 parts,
                 body,
@@ -298,17 +303,21 @@ impl AttemptContext<'_> {
                 provider.id.clone(),
                 dialect,
                 t.stream_idle,
+                self.snap.config.server.max_sse_event_bytes,
             );
             return (outcome, Some(resp));
         }
         let text = read_error_body(&mut body, t.stream_idle).await;
-        let outcome = Outcome::from_response(
-            status,
-            &parts.headers,
-            &scrub(String::from_utf8_lossy(&text).into_owned()),
-            now,
-        );
-        upstream::filter_response_headers(&mut parts.headers, false);
+        // The body as the client will see it, should the policy return it: secrets out.
+        let text = match redactor.redact(&text) {
+            Some(clean) => Bytes::from(clean),
+            None => text,
+        };
+        let mut outcome =
+            Outcome::from_response(status, &parts.headers, &String::from_utf8_lossy(&text), now);
+        outcome.cap_wait(&self.snap.config.policy);
+        upstream::filter_response_headers(&mut parts.headers);
+        redactor.redact_headers(&mut parts.headers);
         let resp = Response::from_parts(parts, body::full(text));
         (outcome, Some(resp))
     }
@@ -360,14 +369,15 @@ fn relay(
     provider: String,
     dialect: Dialect,
     idle: Duration,
+    max_event: usize,
 ) -> Response<ProxyBody> {
     let is_sse = parts
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let sse = is_sse.then_some(dialect);
-    upstream::filter_response_headers(&mut parts.headers, sse.is_none());
+    let sse = is_sse.then(|| body::SseFraming::new(dialect, max_event));
+    upstream::filter_response_headers(&mut parts.headers);
     let body = RelayBody::with_first(body, first, provider, idle, sse).boxed_unsync();
     Response::from_parts(parts, body)
 }

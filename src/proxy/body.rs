@@ -38,6 +38,18 @@ pub enum RelayError {
     Idle { provider: String, idle: Duration },
     #[error("upstream `{provider}` stream broke: {reason}")]
     Broken { provider: String, reason: String },
+    #[error("upstream `{provider}` sent an event larger than {limit} bytes (server.max_sse_event_bytes)")]
+    EventTooLarge { provider: String, limit: usize },
+}
+
+impl RelayError {
+    fn label(&self) -> &'static str {
+        match self {
+            RelayError::Idle { .. } => "idle",
+            RelayError::Broken { .. } => "broken",
+            RelayError::EventTooLarge { .. } => "event_too_large",
+        }
+    }
 }
 
 pin_project! {
@@ -56,18 +68,14 @@ pin_project! {
 }
 
 impl RelayBody {
-    /// `sse = Some(dialect)` frame-aligns an event stream and terminates it in `dialect`.
-    pub fn new(inner: Incoming, provider: String, idle: Duration, sse: Option<Dialect>) -> Self {
-        Self::with_first(inner, None, provider, idle, sse)
-    }
-
-    /// Like [`new`](Self::new), with `first` (already read from `inner`) sent first.
+    /// Relays `inner`, sending `first` (already read from it) first. `sse` frame-aligns an
+    /// event stream and terminates it in the client's dialect.
     pub fn with_first(
         inner: Incoming,
         first: Option<Bytes>,
         provider: String,
         idle: Duration,
-        sse: Option<Dialect>,
+        sse: Option<SseFraming>,
     ) -> Self {
         Self {
             first,
@@ -75,10 +83,7 @@ impl RelayBody {
             idle,
             sleep: Box::pin(tokio::time::sleep(idle)),
             provider,
-            sse: sse.map(|dialect| SseFraming {
-                pending: BytesMut::new(),
-                dialect,
-            }),
+            sse,
             done: false,
         }
     }
@@ -96,17 +101,38 @@ impl Body for RelayBody {
         if *this.done {
             return Poll::Ready(None);
         }
+        let mut failure = None;
         if let Some(first) = this.first.take() {
-            let out = match this.sse.as_mut() {
-                Some(sse) => sse.push(first),
-                None => first,
-            };
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(out))));
+            match this
+                .sse
+                .as_mut()
+                .map_or(Ok(first.clone()), |sse| sse.push(first))
+            {
+                Ok(out) if out.is_empty() => {}
+                Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                Err(limit) => {
+                    failure = Some(RelayError::EventTooLarge {
+                        provider: this.provider.clone(),
+                        limit,
+                    })
+                }
             }
         }
         loop {
-            let failure = match this.inner.as_mut().poll_frame(cx) {
+            if let Some(failure) = failure.take() {
+                *this.done = true;
+                metrics::counter!(crate::metrics::STREAMS_CUT, "reason" => failure.label())
+                    .increment(1);
+                tracing::warn!(error = %failure, "upstream body ended early");
+                return match this.sse.as_mut() {
+                    Some(sse) => {
+                        sse.pending.clear();
+                        Poll::Ready(Some(Ok(Frame::data(sse.terminal(&failure)))))
+                    }
+                    None => Poll::Ready(Some(Err(failure.into()))),
+                };
+            }
+            failure = Some(match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let deadline = Instant::now() + *this.idle;
                     this.sleep.as_mut().reset(deadline);
@@ -115,7 +141,16 @@ impl Body for RelayBody {
                         Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                     };
                     let out = match this.sse.as_mut() {
-                        Some(sse) => sse.push(frame),
+                        Some(sse) => match sse.push(frame) {
+                            Ok(out) => out,
+                            Err(limit) => {
+                                failure = Some(RelayError::EventTooLarge {
+                                    provider: this.provider.clone(),
+                                    limit,
+                                });
+                                continue;
+                            }
+                        },
                         None => frame,
                     };
                     if out.is_empty() {
@@ -143,18 +178,17 @@ impl Body for RelayBody {
                     },
                     Poll::Pending => return Poll::Pending,
                 },
-            };
-            *this.done = true;
-            tracing::warn!(error = %failure, "upstream body ended early");
-            return match this.sse.as_ref() {
-                Some(sse) => Poll::Ready(Some(Ok(Frame::data(sse.terminal(&failure))))),
-                None => Poll::Ready(Some(Err(failure.into()))),
-            };
+            });
         }
     }
 
     fn is_end_stream(&self) -> bool {
+        // hyper's h1 writer stops polling once Content-Length bytes are out, so the end is
+        // also "nothing buffered here and nothing left upstream".
         self.done
+            || (self.first.is_none()
+                && self.sse.as_ref().is_none_or(|s| s.pending.is_empty())
+                && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -172,26 +206,57 @@ impl Body for RelayBody {
     }
 }
 
-/// Holds back a trailing partial event so only whole events are forwarded.
-struct SseFraming {
+/// Holds back a trailing partial event so only whole events are forwarded. Each byte is
+/// scanned for an event end once (a separator split across frames is found through a
+/// three-byte overlap), and the held-back event is capped.
+pub struct SseFraming {
     pending: BytesMut,
     dialect: Dialect,
+    max_event: usize,
+    /// Bytes searched for event ends so far (tests check this stays linear).
+    scanned: u64,
 }
 
 impl SseFraming {
-    /// Returns the complete events available now (possibly empty).
-    fn push(&mut self, data: Bytes) -> Bytes {
+    pub fn new(dialect: Dialect, max_event: usize) -> Self {
+        Self {
+            pending: BytesMut::new(),
+            dialect,
+            max_event,
+            scanned: 0,
+        }
+    }
+
+    /// The complete events available now (possibly empty), or `Err(limit)` when the event
+    /// being held back has grown past the limit.
+    fn push(&mut self, data: Bytes) -> Result<Bytes, usize> {
         if self.pending.is_empty() {
-            let cut = last_event_end(&data);
+            self.scanned += data.len() as u64;
+            let cut = last_event_end(&data).unwrap_or(0);
             if cut == data.len() {
-                return data; // the common case: whole events, forwarded without copying
+                return Ok(data); // the common case: whole events, forwarded without copying
+            }
+            if data.len() - cut > self.max_event {
+                return Err(self.max_event);
             }
             self.pending.extend_from_slice(&data[cut..]);
-            return data.slice(..cut);
+            return Ok(data.slice(..cut));
         }
+        // Only the new bytes, plus the held-back tail a separator could start in.
+        let from = self.pending.len().saturating_sub(3);
         self.pending.extend_from_slice(&data);
-        let cut = last_event_end(&self.pending);
-        self.pending.split_to(cut).freeze()
+        self.scanned += (self.pending.len() - from) as u64;
+        match last_event_end(&self.pending[from..]) {
+            Some(end) => {
+                let out = self.pending.split_to(from + end).freeze();
+                if self.pending.len() > self.max_event {
+                    return Err(self.max_event);
+                }
+                Ok(out)
+            }
+            None if self.pending.len() > self.max_event => Err(self.max_event),
+            None => Ok(Bytes::new()),
+        }
     }
 
     /// The final event(s) telling the client the stream failed, in its dialect.
@@ -210,13 +275,12 @@ impl SseFraming {
     }
 }
 
-/// The end of the last complete event: the byte after its blank line, or 0.
-fn last_event_end(buf: &[u8]) -> usize {
+/// The end of the last complete event in `buf`: the byte after its blank line.
+fn last_event_end(buf: &[u8]) -> Option<usize> {
     [&b"\n\n"[..], b"\r\r", b"\r\n\r\n"]
         .iter()
         .filter_map(|pat| memmem::rfind(buf, pat).map(|i| i + pat.len()))
         .max()
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -224,35 +288,71 @@ mod tests {
     use super::*;
 
     fn framing() -> SseFraming {
-        SseFraming {
-            pending: BytesMut::new(),
-            dialect: Dialect::OpenAi,
+        SseFraming::new(Dialect::OpenAi, 1 << 20)
+    }
+
+    impl SseFraming {
+        fn push_ok(&mut self, data: Bytes) -> Bytes {
+            self.push(data).expect("under the limit")
         }
+    }
+
+    #[test]
+    fn one_huge_event_in_small_frames_is_scanned_once() {
+        let mut f = SseFraming::new(Dialect::OpenAi, 64 << 20);
+        let frame = Bytes::from(vec![b'x'; 4096]);
+        let frames = 4096; // 16 MiB without a blank line: quadratic scanning would be ~32 TB
+        assert_eq!(f.push_ok(Bytes::from_static(b"data: ")).len(), 0);
+        for _ in 0..frames {
+            assert!(f.push_ok(frame.clone()).is_empty());
+        }
+        let out = f.push_ok(Bytes::from_static(b"\n\n"));
+        assert_eq!(out.len(), 6 + 4096 * frames + 2);
+        let input = (6 + 4096 * frames + 2) as u64;
+        assert!(
+            f.scanned <= input + 3 * (frames as u64 + 2),
+            "scanned {}",
+            f.scanned
+        );
+    }
+
+    #[test]
+    fn an_event_past_the_limit_is_refused() {
+        let mut f = SseFraming::new(Dialect::OpenAi, 1024);
+        assert_eq!(
+            f.push_ok(Bytes::from_static(b"data: 1\n\ndata: ")).as_ref(),
+            b"data: 1\n\n"
+        );
+        assert!(f.push(Bytes::from(vec![b'x'; 1000])).is_ok());
+        assert_eq!(f.push(Bytes::from(vec![b'x'; 100])), Err(1024));
+        // A single frame holding an oversized partial event is refused at once.
+        let mut f = SseFraming::new(Dialect::OpenAi, 1024);
+        assert_eq!(f.push(Bytes::from(vec![b'x'; 2000])), Err(1024));
     }
 
     #[test]
     fn whole_events_pass_unchanged() {
         let mut f = framing();
         let b = Bytes::from_static(b"data: 1\n\ndata: 2\n\n");
-        assert_eq!(f.push(b.clone()), b);
+        assert_eq!(f.push_ok(b.clone()), b);
     }
 
     #[test]
     fn partial_events_are_held_until_complete() {
         let mut f = framing();
         assert_eq!(
-            f.push(Bytes::from_static(b"data: 1\n\ndata: ")).as_ref(),
+            f.push_ok(Bytes::from_static(b"data: 1\n\ndata: ")).as_ref(),
             &b"data: 1\n\n"[..]
         );
-        assert_eq!(f.push(Bytes::from_static(b"2\n")).as_ref(), &b""[..]);
-        assert_eq!(f.push(Bytes::from_static(b"\r\n")).as_ref(), &b""[..]);
+        assert_eq!(f.push_ok(Bytes::from_static(b"2\n")).as_ref(), &b""[..]);
+        assert_eq!(f.push_ok(Bytes::from_static(b"\r\n")).as_ref(), &b""[..]);
         assert_eq!(
-            f.push(Bytes::from_static(b"\n")).as_ref(),
+            f.push_ok(Bytes::from_static(b"\n")).as_ref(),
             &b"data: 2\n\r\n\n"[..]
         );
         let mut f = framing();
         assert_eq!(
-            f.push(Bytes::from_static(b"data: x\r\n\r\n")).as_ref(),
+            f.push_ok(Bytes::from_static(b"data: x\r\n\r\n")).as_ref(),
             &b"data: x\r\n\r\n"[..]
         );
     }
@@ -265,11 +365,7 @@ mod tests {
         };
         let openai = framing().terminal(&failure);
         assert!(openai.ends_with(b"data: [DONE]\n\n"));
-        let anthropic = SseFraming {
-            pending: BytesMut::new(),
-            dialect: Dialect::Anthropic,
-        }
-        .terminal(&failure);
+        let anthropic = SseFraming::new(Dialect::Anthropic, 1024).terminal(&failure);
         assert!(anthropic.starts_with(b"event: error\ndata: {\"error\""));
     }
 }

@@ -25,6 +25,13 @@ pub enum ProxyError {
     /// 401
     #[error("missing or invalid API key; send `Authorization: Bearer <key>` or `x-api-key: <key>` with a key configured in [auth]")]
     Unauthorized,
+    /// 414
+    #[error("request target is longer than the {limit}-byte limit (server.max_uri_bytes)")]
+    UriTooLong { limit: usize },
+    /// 400, and the connection is closed: the request head is ambiguous (Host,
+    /// Transfer-Encoding), so nothing after it on the connection can be trusted.
+    #[error("{0}")]
+    BadHead(&'static str),
     /// 413
     #[error("request body exceeds the {limit}-byte limit")]
     BodyTooLarge { limit: u64 },
@@ -123,6 +130,8 @@ impl ProxyError {
             ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::BadHead(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyRead(_)
@@ -145,6 +154,8 @@ impl ProxyError {
             ProxyError::NotFound(_) => "unknown_url",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::Unauthorized => "invalid_api_key",
+            ProxyError::UriTooLong { .. } => "uri_too_long",
+            ProxyError::BadHead(_) => "invalid_request_head",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::BodyTimeout(_) => "request_timeout",
             ProxyError::BodyRead(_) => "invalid_body",
@@ -174,6 +185,20 @@ impl ProxyError {
                 }
             }
         }
+    }
+
+    /// Errors answered before the request body was read, after which the unread body is
+    /// drained for a bounded time so that clients that write it all first can read the
+    /// answer (a lingering close).
+    pub fn linger(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::NotFound(_)
+                | ProxyError::MethodNotAllowed { .. }
+                | ProxyError::Unauthorized
+                | ProxyError::UriTooLong { .. }
+                | ProxyError::BodyTooLarge { .. }
+        )
     }
 
     pub fn into_response(self, dialect: Dialect) -> Response<ProxyBody> {

@@ -15,7 +15,12 @@ use pin_project_lite::pin_project;
 
 use super::attempt::AttemptRecord;
 use super::body::{BoxError, ProxyBody};
+use crate::logfmt::Escaped;
 use crate::metrics as m;
+
+/// The status logged for a request whose client left before its response headers
+/// (nginx's convention).
+pub const CLIENT_CLOSED: u16 = 499;
 
 /// JSON bodies larger than this are not parsed for usage.
 const JSON_SCAN_LIMIT: usize = 4 * 1024 * 1024;
@@ -36,6 +41,9 @@ pub struct Completion {
     pub model: String,
     pub model_label: String,
     pub endpoint: &'static str,
+    pub method: http::Method,
+    /// Only the path is logged: a query string may carry a client's secrets.
+    pub uri: http::Uri,
     pub status: u16,
     pub attempts: Vec<AttemptRecord>,
     pub started: Instant,
@@ -189,10 +197,20 @@ fn scan_sse(data: &[u8], prompt: &mut Option<u64>, completion: &mut Option<u64>)
     }
 }
 
+/// A response body ended or was dropped: release its gauges, then record it.
 fn finish(c: Completion, complete: bool, prompt: Option<u64>, completion: Option<u64>) {
-    let total = c.started.elapsed();
     let h = m::request();
     h.in_flight.decrement(1.0);
+    if c.stream {
+        h.open_streams.decrement(1.0);
+    }
+    record(c, complete, prompt, completion);
+}
+
+/// Metrics and the one log line of a finished request.
+pub fn record(c: Completion, complete: bool, prompt: Option<u64>, completion: Option<u64>) {
+    let total = c.started.elapsed();
+    let h = m::request();
     metrics::counter!(m::REQUESTS, "endpoint" => c.endpoint, "model" => c.model_label.clone(), "status" => c.status.to_string())
         .increment(1);
     let endpoint = m::ENDPOINTS
@@ -200,9 +218,6 @@ fn finish(c: Completion, complete: bool, prompt: Option<u64>, completion: Option
         .position(|e| *e == c.endpoint)
         .unwrap_or(m::ENDPOINTS.len() - 1);
     h.duration[endpoint].record(total.as_secs_f64());
-    if c.stream {
-        h.open_streams.decrement(1.0);
-    }
     if let Some((provider, model)) = &c.served {
         if c.stream {
             metrics::histogram!(m::STREAM_DURATION, "provider" => provider.clone())
@@ -244,7 +259,9 @@ fn finish(c: Completion, complete: bool, prompt: Option<u64>, completion: Option
         target: "keyway::request",
         request_id = %c.id,
         client = %c.client,
-        model = %c.model,
+        method = %c.method,
+        path = %Escaped(c.uri.path()),
+        model = %Escaped(&c.model),
         endpoint = c.endpoint,
         status = c.status,
         attempts = %attempts,

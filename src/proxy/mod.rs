@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::logfmt::Escaped;
 use crate::policy::{RequestInfo, RequestView};
 use crate::runtime::{Runtime, Snapshot};
 
@@ -47,6 +49,68 @@ struct RequestLog {
     attempts: Vec<AttemptRecord>,
 }
 
+/// A request whose response headers have not been handed over yet. If its future is
+/// dropped first (the client left), it is still logged and counted, as status 499.
+struct Unanswered<'a> {
+    log: RequestLog,
+    method: &'a http::Method,
+    uri: &'a http::Uri,
+    started: Instant,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        metrics::counter!(crate::metrics::CLIENT_ABORTS).increment(1);
+        let log = &mut self.log;
+        let completion = metered::Completion {
+            client: log.client.take().unwrap_or_else(|| "-".into()),
+            model_label: "-".into(),
+            model: log.model.take().unwrap_or_else(|| "-".into()),
+            endpoint: log.endpoint,
+            method: self.method.clone(),
+            uri: self.uri.clone(),
+            status: metered::CLIENT_CLOSED,
+            started: self.started,
+            headers_after: self.started.elapsed(),
+            served: None,
+            stream: false,
+            attempts: std::mem::take(&mut log.attempts),
+            id: std::mem::take(&mut log.id),
+        };
+        metered::record(completion, false, None, None);
+    }
+}
+
+/// Bounds of the drain after an early answer (nginx's lingering close does the same): 10 s,
+/// and at most 4 × `max_body_bytes` but never less than 64 MiB.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+const LINGER_MIN_BYTES: u64 = 64 << 20;
+
+/// Reads and discards an unread request body in the background, for at most
+/// [`LINGER_TIME`] and `max_bytes`, so the connection is not reset under a client that is
+/// still writing it: such a client would see a broken pipe instead of Keyway's answer.
+fn linger(mut body: Incoming, max_bytes: u64) {
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let drain = async {
+            let mut seen = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if seen > max_bytes {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    });
+}
+
 impl Proxy {
     pub fn new(runtime: Arc<Runtime>) -> Self {
         Self { runtime }
@@ -60,23 +124,43 @@ impl Proxy {
     /// upstream request in flight.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let dialect = request::dialect_for_path(req.uri().path());
-        let mut log = RequestLog {
-            id: uuid::Uuid::now_v7().simple().to_string(),
-            client: None,
-            model: None,
-            endpoint: "other",
-            attempts: Vec::new(),
+        let (parts, body) = req.into_parts();
+        let dialect = request::dialect_for_path(parts.uri.path());
+        let mut pending = Unanswered {
+            log: RequestLog {
+                id: uuid::Uuid::now_v7().simple().to_string(),
+                client: None,
+                model: None,
+                endpoint: "other",
+                attempts: Vec::new(),
+            },
+            method: &parts.method,
+            uri: &parts.uri,
+            started,
+            answered: false,
         };
         // One snapshot for the whole request, whatever reloads happen meanwhile.
         let snap = self.runtime.snapshot();
-        let mut resp = match self.serve(&snap, req, &mut log).await {
+        let mut body = Some(body);
+        let mut resp = match self.serve(&snap, &parts, &mut body, &mut pending.log).await {
             Ok(resp) => resp,
             Err(e) => {
-                tracing::debug!(request_id = %log.id, error = %e, "request refused");
-                e.into_response(dialect)
+                tracing::debug!(request_id = %pending.log.id, error = %Escaped(&e), "request refused");
+                if let (true, Some(unread)) = (e.linger(), body.take()) {
+                    let cap = snap.config.server.max_body_bytes.saturating_mul(4);
+                    linger(unread, cap.max(LINGER_MIN_BYTES));
+                }
+                let close = matches!(e, ProxyError::BadHead(_));
+                let mut resp = e.into_response(dialect);
+                if close && parts.version <= http::Version::HTTP_11 {
+                    resp.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                resp
             }
         };
+        pending.answered = true;
+        let log = &mut pending.log;
         let headers = resp.headers_mut();
         if let Ok(v) = HeaderValue::try_from(log.id.as_str()) {
             headers.insert(REQUEST_ID_HEADER, v);
@@ -117,6 +201,8 @@ impl Proxy {
                 .to_string(),
             model: log.model.take().unwrap_or_else(|| "-".into()),
             endpoint: log.endpoint,
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
             status: status.as_u16(),
             started,
             headers_after,
@@ -134,24 +220,25 @@ impl Proxy {
     async fn serve(
         &self,
         snap: &Snapshot,
-        req: Request<Incoming>,
+        parts: &http::request::Parts,
+        body: &mut Option<Incoming>,
         log: &mut RequestLog,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let endpoint = request::endpoint(req.method(), req.uri().path())?;
+        request::check_head(parts, snap.config.server.max_uri_bytes)?;
+        let endpoint = request::endpoint(&parts.method, parts.uri.path())?;
         log.endpoint = match endpoint {
             Endpoint::Models => "models",
             Endpoint::Api(f) => f.as_str(),
         };
         let client = snap
             .auth
-            .authenticate(req.headers())
+            .authenticate(&parts.headers)
             .ok_or(ProxyError::Unauthorized)?;
         log.client = Some(client.to_string());
         let format = match endpoint {
-            Endpoint::Models => return Ok(models::list(&snap.config, req.headers())),
+            Endpoint::Models => return Ok(models::list(&snap.config, &parts.headers)),
             Endpoint::Api(format) => format,
         };
-        let (parts, body) = req.into_parts();
         let t = &snap.config.timeouts;
         let raw = request::read_body(
             &parts.headers,
@@ -176,6 +263,7 @@ impl Proxy {
             runtime: &self.runtime,
             format,
             headers: &parts.headers,
+            query: parts.uri.query(),
             parsed: &parsed,
             req: info,
         };
@@ -194,14 +282,22 @@ impl Proxy {
                 let now = self.runtime.quota.now_ms();
                 Err(ProxyError::AllAttemptsFailed {
                     status: attempt::exhausted_status(&log.attempts),
-                    retry_after_secs: exhausted
-                        .earliest_unlock_ms
-                        .map(|u| u.saturating_sub(now).div_ceil(1000).max(1)),
+                    retry_after_secs: exhausted.earliest_unlock_ms.map(|u| {
+                        u.saturating_sub(now)
+                            .div_ceil(1000)
+                            .clamp(1, max_wait_secs(snap))
+                    }),
                     attempts: log.attempts.clone(),
                 })
             }
         }
     }
+}
+
+/// The longest `Retry-After` Keyway tells a client: its longest wait cap.
+fn max_wait_secs(snap: &Snapshot) -> u64 {
+    let p = &snap.config.policy;
+    p.max_retry_after.max(p.max_quota_wait).as_secs().max(1)
 }
 
 /// `target conn/key outcome ms` per attempt, `target conn skipped` per skip;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, Method};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -55,10 +55,61 @@ pub fn endpoint(method: &Method, path: &str) -> Result<Endpoint, ProxyError> {
     }
 }
 
+/// Checks what hyper leaves to the application: the request target's length (414), and on
+/// HTTP/1.x exactly one valid `Host` (HTTP/1.1 requires it) and no `Transfer-Encoding`
+/// but a single `chunked` (400). Keyway rebuilds the outbound request, so nothing here
+/// could be smuggled upstream; these keep the edge as strict as nginx.
+pub fn check_head(parts: &http::request::Parts, max_uri_bytes: usize) -> Result<(), ProxyError> {
+    let target = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target > max_uri_bytes {
+        return Err(ProxyError::UriTooLong {
+            limit: max_uri_bytes,
+        });
+    }
+    if parts.version > http::Version::HTTP_11 {
+        return Ok(()); // h2/h3: `:authority`, and framing by the protocol
+    }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(ProxyError::BadHead("more than one Host header")),
+        (None, _) if parts.version == http::Version::HTTP_11 => {
+            return Err(ProxyError::BadHead(
+                "HTTP/1.1 request without a Host header",
+            ))
+        }
+        (Some(h), None) => {
+            let valid = h
+                .to_str()
+                .ok()
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .is_some_and(|a| a.as_str().len() == h.len() && !a.as_str().contains('@'));
+            if !valid {
+                return Err(ProxyError::BadHead("invalid Host header"));
+            }
+        }
+        (None, _) => {}
+    }
+    let mut codings = parts
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|c| c.trim_ascii());
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(ProxyError::BadHead(
+            "Transfer-Encoding must be a single `chunked`",
+        )),
+    }
+}
+
 /// Reads the whole body, refusing more than `limit` bytes or a body slower than `timeout`.
+/// The body is taken out of `slot` only when read whole or failed for good: a body refused
+/// for its size is left there, so the caller can drain it after answering 413.
 pub async fn read_body(
     headers: &HeaderMap,
-    body: Incoming,
+    slot: &mut Option<Incoming>,
     limit: u64,
     timeout: Duration,
 ) -> Result<Bytes, ProxyError> {
@@ -69,15 +120,44 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Err(_) => Err(ProxyError::BodyTimeout(timeout)),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ProxyError::BodyTooLarge { limit })
+    let Some(body) = slot.as_mut() else {
+        return Ok(Bytes::new());
+    };
+    let read = async {
+        // One frame (the common case) is kept as is; more are gathered into one buffer.
+        let mut first: Option<Bytes> = None;
+        let mut gathered = BytesMut::new();
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ProxyError::BodyRead(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers carry nothing Keyway forwards
+            };
+            total += data.len() as u64;
+            if total > limit {
+                return Err(ProxyError::BodyTooLarge { limit });
+            }
+            match first.take() {
+                None if gathered.is_empty() => first = Some(data),
+                prev => {
+                    if let Some(p) = prev {
+                        gathered.reserve(usize::try_from(declared.unwrap_or(0)).unwrap_or(0));
+                        gathered.extend_from_slice(&p);
+                    }
+                    gathered.extend_from_slice(&data);
+                }
+            }
         }
-        Ok(Err(e)) => Err(ProxyError::BodyRead(e.to_string())),
+        Ok(first.unwrap_or_else(|| gathered.freeze()))
+    };
+    let result = match tokio::time::timeout(timeout, read).await {
+        Err(_) => Err(ProxyError::BodyTimeout(timeout)),
+        Ok(r) => r,
+    };
+    if !matches!(result, Err(ProxyError::BodyTooLarge { .. })) {
+        *slot = None;
     }
+    result
 }
 
 /// The client's body with the fields Keyway reads.

@@ -1,27 +1,25 @@
-//! Listeners: accept, optional TLS handshake (bounded), HTTP/1.1 + HTTP/2 on one port via
-//! hyper-util's auto builder, and graceful shutdown that drains in-flight requests and
-//! streams up to a deadline.
+//! Listeners: accept under a connection cap, optional TLS handshake (bounded), HTTP/1.1 +
+//! HTTP/2 on one port via hyper-util's auto builder, a deadline for every idle phase
+//! ([`conn`]), and graceful shutdown that drains in-flight requests and streams up to a
+//! deadline.
 
+pub mod conn;
 pub mod tls;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Timeouts};
+use crate::config::{Config, ServerConfig, Timeouts};
 use crate::policy::PolicyLoadError;
 use crate::proxy::Proxy;
 use crate::quota::{Clock, SystemClock};
 use crate::runtime::Runtime;
+use conn::{ConnSettings, Connections};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -96,100 +94,45 @@ impl Server {
     /// Serves until `shutdown` resolves, then stops accepting and drains open connections
     /// for up to `timeouts.shutdown_drain`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.timeouts.request_header)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)));
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
-        self.runtime().set_ready(true);
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let conn = Connection {
-                builder: builder.clone(),
-                proxy: self.proxy.clone(),
-                tls: self.tls.clone(),
-                handshake_timeout: self.timeouts.tls_handshake,
-            };
-            let watcher = graceful.watcher();
-            tokio::spawn(async move { conn.serve(stream, peer, watcher).await });
-        }
-        self.runtime().set_ready(false);
-        drop(self.listener);
-        tracing::info!(drain = ?self.timeouts.shutdown_drain, "shutting down: draining open connections");
-        tokio::select! {
-            () = graceful.shutdown() => tracing::info!("all connections drained"),
-            () = tokio::time::sleep(self.timeouts.shutdown_drain) => {
-                tracing::warn!("drain deadline passed; closing remaining connections");
-            }
-        }
+        let config = self.runtime().snapshot().config.clone();
+        let conns = Connections::new("proxy", settings(&config.server, &self.timeouts));
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(conns.serve(
+            self.listener,
+            self.tls,
+            self.proxy.clone(),
+            stop.clone(),
+            self.timeouts.shutdown_drain,
+        ));
+        self.proxy.runtime().set_ready(true);
+        shutdown.await;
+        self.proxy.runtime().set_ready(false);
+        tracing::info!("shutting down");
+        stop.cancel();
+        let _ = serving.await;
     }
 }
 
-/// One accepted client connection.
-struct Connection {
-    builder: auto::Builder<TokioExecutor>,
-    proxy: Arc<Proxy>,
-    tls: Option<TlsAcceptor>,
-    handshake_timeout: Duration,
+/// Connection limits and deadlines for the proxy listener.
+pub fn settings(server: &ServerConfig, t: &Timeouts) -> ConnSettings {
+    ConnSettings {
+        max_connections: server.max_connections,
+        tls_handshake: t.tls_handshake,
+        first_request: t.request_header,
+        idle: t.idle,
+        max_header_bytes: server.max_header_bytes,
+    }
 }
 
-impl Connection {
-    async fn serve(
-        self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) {
-        let proxy = self.proxy;
-        let svc = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req).await) }
-        });
-        let result = match self.tls {
-            None => {
-                let conn = self.builder.serve_connection(TokioIo::new(stream), svc);
-                watcher.watch(conn.into_owned()).await
-            }
-            Some(acceptor) => {
-                let tls =
-                    match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                let conn = self.builder.serve_connection(TokioIo::new(tls), svc);
-                watcher.watch(conn.into_owned()).await
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
-        }
+impl conn::Handler for Proxy {
+    type Body = crate::proxy::body::ProxyBody;
+    type Error = crate::proxy::body::BoxError;
+
+    fn handle(
+        &self,
+        req: http::Request<hyper::body::Incoming>,
+        _peer: SocketAddr,
+    ) -> impl Future<Output = http::Response<Self::Body>> + Send {
+        Proxy::handle(self, req)
     }
 }

@@ -15,8 +15,10 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// Client headers Keyway owns or that would steer credentials, caching or body framing:
-/// the client's Keyway key, account selectors, host, length and content coding.
-const CLIENT_ONLY: [&str; 9] = [
+/// the client's Keyway key, account selectors, host, length and content coding; and
+/// forwarding headers, which a client could forge and which would tell a provider where
+/// Keyway's users are (Keyway adds none of its own).
+const CLIENT_ONLY: [&str; 16] = [
     "authorization",
     "x-api-key",
     "api-key",
@@ -26,6 +28,13 @@ const CLIENT_ONLY: [&str; 9] = [
     "content-length",
     "accept-encoding",
     "cookie",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-real-ip",
+    "proxy-connection",
 ];
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -56,9 +65,11 @@ pub(super) fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
-/// Upstream response headers as the client should see them: hop-by-hop, cookies and (when
-/// the body will be re-framed) `content-length` removed.
-pub fn filter_response_headers(headers: &mut HeaderMap, keep_length: bool) {
+/// Upstream response headers as the client should see them: hop-by-hop, cookies and
+/// `content-length` removed. The length is never relayed: hyper derives it from the body
+/// Keyway actually sends (an upstream that sent both `Content-Length` and chunked framing
+/// must not truncate the client's copy; RFC 9112 §6.3).
+pub fn filter_response_headers(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -72,9 +83,7 @@ pub fn filter_response_headers(headers: &mut HeaderMap, keep_length: bool) {
     for name in listed {
         headers.remove(name);
     }
-    if !keep_length {
-        headers.remove(header::CONTENT_LENGTH);
-    }
+    headers.remove(header::CONTENT_LENGTH);
 }
 
 #[cfg(test)]

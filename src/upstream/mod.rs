@@ -3,6 +3,7 @@
 //! rewrites nothing else. The outbound host always comes from config.
 
 mod headers;
+pub mod redact;
 
 use std::time::Duration;
 
@@ -95,16 +96,19 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
 
 /// Builds the outbound request for `provider`: URL from config, the provider's auth for
 /// `key`, the client's headers minus hop-by-hop and credential headers, and `body` as is.
+/// The client's query string is appended unless the provider sets `forward_query = false`.
 pub fn build_request(
     provider: &Provider,
     format: ApiFormat,
     key: &ApiKey,
     client_headers: &HeaderMap,
+    query: Option<&str>,
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+    let query = query.filter(|q| provider.forward_query && !q.is_empty());
     let uri = provider
         .base_url
-        .join(format.upstream_path())
+        .join(format.upstream_path(), query)
         .map_err(|e| UpstreamError::Build(e.to_string()))?;
     let mut req = Request::post(uri)
         .body(Full::new(body))

@@ -45,6 +45,8 @@ pub struct Reply {
     pub hold_last: Option<Arc<Notify>>,
     /// Break the connection after this many streamed events.
     pub cut_after: Option<usize>,
+    /// Streamed frames sent as they are, instead of generated events.
+    pub frames: Option<Vec<String>>,
 }
 
 impl Default for Reply {
@@ -59,6 +61,7 @@ impl Default for Reply {
             pacing: Duration::ZERO,
             hold_last: None,
             cut_after: None,
+            frames: None,
         }
     }
 }
@@ -109,6 +112,12 @@ impl Reply {
         self.hold_last = Some(gate);
         self
     }
+    /// Streams exactly these frames (raw SSE text, any framing) for a streamed request.
+    pub fn frames(mut self, frames: Vec<String>) -> Self {
+        self.frames = Some(frames);
+        self
+    }
+
     pub fn cut_after(mut self, events: usize) -> Self {
         self.cut_after = Some(events);
         self
@@ -120,6 +129,7 @@ impl Reply {
 pub struct Received {
     pub method: String,
     pub path: String,
+    pub query: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
     /// The key presented (`Authorization: Bearer` or `x-api-key`).
@@ -311,6 +321,7 @@ async fn handle(
     let received = Received {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
         headers: parts.headers.clone(),
         body: body.clone(),
         key: key.clone(),
@@ -489,7 +500,10 @@ fn stream_response(
     reply: &Reply,
     guard: AbortGuard,
 ) -> Response<MockBody> {
-    let events = stream_events(path, request, reply.chunks);
+    let events = reply
+        .frames
+        .clone()
+        .unwrap_or_else(|| stream_events(path, request, reply.chunks));
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let reply = reply.clone();
     tokio::spawn(async move {

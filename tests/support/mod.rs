@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
+pub mod logs;
 pub mod mock;
 pub mod proxy;
 

@@ -15,6 +15,7 @@ struct ProviderSpec {
     kind: String,
     base_url: String,
     models: Vec<String>,
+    settings: Vec<(String, String)>,
     connections: Vec<(String, Vec<String>)>,
 }
 
@@ -30,6 +31,7 @@ pub struct TestProxyBuilder {
     clients: Vec<(String, String)>,
     tls: bool,
     timeouts: Vec<(String, String)>,
+    server: Vec<(String, String)>,
     max_body: Option<u64>,
 }
 
@@ -48,8 +50,16 @@ impl TestProxyBuilder {
             kind: kind.into(),
             base_url: base_url.into(),
             models: models.iter().map(|s| s.to_string()).collect(),
+            settings: Vec::new(),
             connections: vec![("main".into(), keys.iter().map(|s| s.to_string()).collect())],
         });
+        self
+    }
+
+    /// Sets `name = value` (value is TOML) on the provider added last.
+    pub fn provider_setting(mut self, name: &str, value: &str) -> Self {
+        let p = self.providers.last_mut().expect("add a provider first");
+        p.settings.push((name.into(), value.into()));
         self
     }
 
@@ -116,6 +126,12 @@ impl TestProxyBuilder {
         self
     }
 
+    /// Sets `[server] name = value` (value is TOML).
+    pub fn server(mut self, name: &str, value: &str) -> Self {
+        self.server.push((name.into(), value.into()));
+        self
+    }
+
     pub fn max_body(mut self, bytes: u64) -> Self {
         self.max_body = Some(bytes);
         self
@@ -129,6 +145,9 @@ impl TestProxyBuilder {
         let mut toml = String::from("[server]\nlisten = \"127.0.0.1:0\"\n");
         if let Some(n) = self.max_body {
             writeln!(toml, "max_body_bytes = {n}").unwrap();
+        }
+        for (k, v) in &self.server {
+            writeln!(toml, "{k} = {v}").unwrap();
         }
         let cert = self.tls.then(|| TestCert::generate(dir.path(), "server"));
         if let Some(c) = &cert {
@@ -189,6 +208,9 @@ impl TestProxyBuilder {
                 p.id, p.kind, p.base_url, p.models
             )
             .unwrap();
+            for (k, v) in &p.settings {
+                writeln!(toml, "{k} = {v}").unwrap();
+            }
             for (cid, keys) in &p.connections {
                 writeln!(toml, "\n[[provider.connection]]\nid = {cid:?}\nkeys = [").unwrap();
                 for (i, key) in keys.iter().enumerate() {

@@ -1,0 +1,192 @@
+//! Connections that send nothing are closed in every phase, and a connection cap keeps
+//! silent sockets from starving real clients (probe G1).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use support::{chat, chat_stream, MockUpstream, Reply, TestProxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Far beyond any deadline under test: a connection still open then was never closed.
+const BOUND: Duration = Duration::from_secs(10);
+
+async fn proxy(
+    mock: &MockUpstream,
+    configure: impl FnOnce(support::proxy::TestProxyBuilder) -> support::proxy::TestProxyBuilder,
+) -> TestProxy {
+    configure(TestProxy::builder().provider(
+        "openai",
+        "openai",
+        &mock.base_url(),
+        &["gpt-4o"],
+        &["sk-a"],
+    ))
+    .start()
+    .await
+}
+
+/// Reads until the peer closes; panics if it is still open after [`BOUND`].
+async fn assert_closed_by_server<S: tokio::io::AsyncRead + Unpin>(mut s: S, what: &str) {
+    let mut buf = vec![0u8; 4096];
+    let closed = tokio::time::timeout(BOUND, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "{what}: connection still open after {BOUND:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_socket_that_never_sends_a_byte_is_closed() {
+    let mock = MockUpstream::start().await;
+    let proxy = proxy(&mock, |b| b.timeout("request_header", "300ms")).await;
+    let s = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_closed_by_server(s, "silent TCP").await;
+}
+
+#[tokio::test]
+async fn a_partial_h2_preface_is_closed() {
+    let mock = MockUpstream::start().await;
+    let proxy = proxy(&mock, |b| b.timeout("request_header", "300ms")).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    // 16 of the 24 preface bytes: hyper-util is still deciding between h1 and h2.
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert_closed_by_server(s, "partial preface").await;
+}
+
+#[tokio::test]
+async fn a_silent_connection_after_the_tls_handshake_is_closed() {
+    let mock = MockUpstream::start().await;
+    let proxy = proxy(&mock, |b| b.tls().timeout("request_header", "300ms")).await;
+    let cert = proxy.cert.as_ref().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(cert.der.clone()))
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.expect("handshake");
+    assert_closed_by_server(tls, "silent after TLS").await;
+}
+
+#[tokio::test]
+async fn an_idle_h2_connection_that_answers_pings_is_closed() {
+    let mock = MockUpstream::start().await;
+    let proxy = proxy(&mock, |b| b.timeout("idle", "300ms")).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    // The client side answers PINGs and SETTINGS for as long as it runs.
+    let driver = tokio::spawn(conn);
+    let req = http::Request::post("http://localhost/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(chat("gpt-4o").to_string())))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    let ended = tokio::time::timeout(BOUND, driver).await;
+    assert!(
+        ended.is_ok(),
+        "idle h2 connection still open after {BOUND:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_busy_with_a_slow_stream_is_not_idle() {
+    let mock = MockUpstream::start().await;
+    // Six paced chunks take well over the idle and first-request deadlines.
+    mock.push(Reply::ok().chunks(6).pacing(Duration::from_millis(150)));
+    let proxy = proxy(&mock, |b| {
+        b.timeout("idle", "200ms")
+            .timeout("request_header", "200ms")
+    })
+    .await;
+    let resp = proxy
+        .post("/v1/chat/completions")
+        .json(&chat_stream("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.expect("stream cut short");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+}
+
+#[tokio::test]
+async fn at_the_cap_silent_sockets_make_room_for_real_requests() {
+    let mock = MockUpstream::start().await;
+    // Deadlines far away: only the cap's eviction can make room.
+    let proxy = proxy(&mock, |b| {
+        b.server("max_connections", "8")
+            .timeout("request_header", "60s")
+            .timeout("idle", "60s")
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    // A fresh connection per request, as a new client would open.
+    let client = proxy
+        .http_builder()
+        .pool_max_idle_per_host(0)
+        .timeout(BOUND)
+        .build()
+        .unwrap();
+    for i in 0..20 {
+        let resp = client
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&chat("gpt-4o"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i} failed at the cap: {e}"));
+        assert_eq!(resp.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn at_the_cap_a_request_in_flight_is_never_evicted() {
+    let mock = MockUpstream::start().await;
+    mock.push(Reply::ok().chunks(8).pacing(Duration::from_millis(100)));
+    let proxy = proxy(&mock, |b| {
+        b.server("max_connections", "2")
+            .timeout("request_header", "60s")
+    })
+    .await;
+    let stream = proxy
+        .post("/v1/chat/completions")
+        .json(&chat_stream("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    // Fill and overflow the cap while the stream runs.
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        silent.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    let body = stream.text().await.expect("the busy stream was cut");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+}
