@@ -27,6 +27,9 @@ use crate::server::tls::CertStore;
 
 /// Quiet time after the last file event before reloading: editors write in bursts.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
+/// A reload starts at most this long after the first event of a burst, however busy the
+/// files stay.
+pub const DEBOUNCE_MAX: Duration = Duration::from_millis(250);
 
 /// What a reload did.
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +51,9 @@ struct Seen {
     config: String,
     policy: String,
     tls: Option<String>,
+    /// The inputs (config, policy and TLS hashes) of the last rejected reload: file events
+    /// that leave them unchanged are not validated or logged again.
+    rejected: Option<String>,
 }
 
 pub struct Reloader {
@@ -95,6 +101,7 @@ impl Reloader {
                 .map(|(_, t)| policy_hash(&snap.config, &t))
                 .unwrap_or_default(),
             tls: tls_hash(&snap.config),
+            rejected: None,
         };
         Self {
             runtime,
@@ -121,7 +128,7 @@ impl Reloader {
         let mut applied = Vec::new();
         let mut restart_required = Vec::new();
 
-        let mut new_config = None;
+        let mut parsed = None;
         let mut config_hash = seen.config.clone();
         match std::fs::read(&self.config_path) {
             Err(e) => errors.push(format!("{}: cannot read: {e}", self.config_path.display())),
@@ -129,21 +136,46 @@ impl Reloader {
                 config_hash = hash(&bytes);
                 if config_hash != seen.config {
                     let text = String::from_utf8_lossy(&bytes);
-                    match config::parse(&self.config_path, &text) {
-                        Ok(c) => new_config = Some(Arc::new(c)),
-                        Err(e) => errors.push(e.to_string()),
-                    }
+                    parsed = Some(config::parse(&self.config_path, &text).map(Arc::new));
                 }
             }
         }
+        let new_config = parsed.as_ref().and_then(|p| p.as_ref().ok().cloned());
         let target_config = new_config.clone().unwrap_or_else(|| current.config.clone());
+        let source = policy::read_source(&target_config.policy);
+        let p_hash = match &source {
+            Ok((_, text)) => policy_hash(&target_config, text),
+            Err(_) => String::new(),
+        };
+        let tls_now = tls_hash(&target_config);
+        let inputs = format!(
+            "{config_hash}:{p_hash}:{}",
+            tls_now.as_deref().unwrap_or("")
+        );
+        if trigger == "watch" && seen.rejected.as_deref() == Some(inputs.as_str()) {
+            // Still the edit that was rejected (and logged) before: nothing new to say.
+            let report = ReloadReport {
+                trigger: trigger.to_string(),
+                result: "unchanged",
+                applied: Vec::new(),
+                errors: Vec::new(),
+                restart_required: Vec::new(),
+                policy_hash: current.policy.hash.clone(),
+                took_ms: started.elapsed().as_secs_f64() * 1000.0,
+            };
+            drop(seen);
+            tracing::debug!("reload: the rejected edit is unchanged");
+            let _ = self.events.send(report.clone());
+            return report;
+        }
+        if let Some(Err(e)) = parsed {
+            errors.push(e.to_string());
+        }
         let mut new_policy = None;
-        let mut p_hash = seen.policy.clone();
         if errors.is_empty() {
-            match policy::read_source(&target_config.policy) {
+            match source {
                 Err(e) => errors.push(e.to_string()),
                 Ok((source, text)) => {
-                    p_hash = policy_hash(&target_config, &text);
                     if new_config.is_some() || p_hash != seen.policy {
                         match self.validate_policy(&target_config, source, &text) {
                             Ok(p) => new_policy = Some(Arc::new(p)),
@@ -168,7 +200,7 @@ impl Reloader {
         }
         // TLS material reloads on its own: a bad certificate never blocks a policy fix.
         if let (Some(store), Some(files)) = (&self.certs, &target_config.server.tls) {
-            let h = tls_hash(&target_config);
+            let h = tls_now;
             if h != seen.tls {
                 match store.reload(files) {
                     Ok(()) => {
@@ -183,6 +215,7 @@ impl Reloader {
                 }
             }
         }
+        seen.rejected = (!errors.is_empty()).then_some(inputs);
         let result = if !errors.is_empty() {
             "error"
         } else if applied.is_empty() {
@@ -274,17 +307,40 @@ impl Reloader {
         dirs
     }
 
-    /// Watches the relevant directories and reloads after each burst of changes.
+    /// The file names in the watched directories that Keyway reads.
+    fn relevant_files(&self) -> RelevantFiles {
+        let snap = self.runtime.snapshot();
+        let mut names = HashSet::new();
+        let mut add = |p: &Path| {
+            if let Some(n) = p.file_name() {
+                names.insert(n.to_os_string());
+            }
+        };
+        add(&self.config_path);
+        if let Some(t) = &snap.config.server.tls {
+            add(&t.cert);
+            add(&t.key);
+        }
+        RelevantFiles { names }
+    }
+
+    /// Watches the relevant directories and reloads after each burst of changes to the
+    /// files Keyway reads (other files in those directories, such as a log, are ignored).
     /// The watch stops when the returned guard is dropped.
     pub fn watch(self: &Arc<Self>) -> Result<WatchGuard, notify::Error> {
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let relevant = Arc::new(Mutex::new(self.relevant_files()));
+        let filter = relevant.clone();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 // Reads (including the reloader's own) are access events: not a change.
-                if let Ok(ev) = res {
-                    if !matches!(ev.kind, EventKind::Access(_)) {
-                        let _ = tx.send(());
-                    }
+                let Ok(ev) = res else { return };
+                if matches!(ev.kind, EventKind::Access(_)) {
+                    return;
+                }
+                let files = filter.lock().unwrap_or_else(|p| p.into_inner());
+                if ev.paths.iter().any(|p| files.matches(p)) {
+                    let _ = tx.send(());
                 }
             })?;
         let mut watched = HashSet::new();
@@ -295,8 +351,11 @@ impl Reloader {
         let this = self.clone();
         let task = tokio::spawn(async move {
             while rx.recv().await.is_some() {
+                // Wait for a quiet spell, but never longer than DEBOUNCE_MAX in all.
+                let latest = tokio::time::Instant::now() + DEBOUNCE_MAX;
                 loop {
-                    match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                    let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(latest);
+                    match tokio::time::timeout_at(quiet, rx.recv()).await {
                         Ok(Some(())) => continue,
                         Ok(None) => return,
                         Err(_) => break,
@@ -309,7 +368,8 @@ impl Reloader {
                 {
                     tracing::error!("reload task panicked");
                 }
-                // A config change may name new directories (policy dir, certificates).
+                // A config change may name new files and directories (policy, certificates).
+                *relevant.lock().unwrap_or_else(|p| p.into_inner()) = this.relevant_files();
                 for dir in this.watch_dirs() {
                     if !watched.contains(&dir)
                         && watcher.watch(&dir, RecursiveMode::NonRecursive).is_ok()
@@ -320,6 +380,66 @@ impl Reloader {
             }
         });
         Ok(WatchGuard { task })
+    }
+}
+
+/// Which file events matter: the config file and TLS files by name, policy scripts
+/// (`*.rhai`), fixtures (`*.toml` in a `tests` directory), and Kubernetes ConfigMap swaps
+/// (`..data`, `..2030_01_01_…`), which replace files through a renamed symlink.
+struct RelevantFiles {
+    names: HashSet<std::ffi::OsString>,
+}
+
+impl RelevantFiles {
+    fn matches(&self, path: &Path) -> bool {
+        let Some(name) = path.file_name() else {
+            return false;
+        };
+        if self.names.contains(name) || name.as_encoded_bytes().starts_with(b"..") {
+            return true;
+        }
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("rhai") => true,
+            Some("toml") => path
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|d| d == "tests"),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_files_keyway_reads_are_relevant() {
+        let files = RelevantFiles {
+            names: ["keyway.toml", "cert.pem", "key.pem"]
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        };
+        for yes in [
+            "/etc/keyway/keyway.toml",
+            "/etc/keyway/cert.pem",
+            "/etc/keyway/policies/main.rhai",
+            "/etc/keyway/policies/tests/default.toml",
+            "/etc/keyway/..data",
+            "/etc/keyway/..2030_01_01_00_00_00.000000001",
+        ] {
+            assert!(files.matches(Path::new(yes)), "{yes}");
+        }
+        for no in [
+            "/etc/keyway/keyway.log",
+            "/etc/keyway/notes.txt",
+            "/etc/keyway/other.toml",
+            "/etc/keyway/.keyway.toml.swp",
+            "/etc/keyway/keyway.toml~",
+        ] {
+            assert!(!files.matches(Path::new(no)), "{no}");
+        }
     }
 }
 

@@ -339,3 +339,106 @@ async fn thousands_of_requests_across_reloads_all_succeed() {
     );
     assert_eq!(served_model(&proxy).await, "model-e");
 }
+
+/// Collects reload reports until one satisfies `last` (bounded), returning all of them.
+async fn reports_until(
+    rx: &mut tokio::sync::broadcast::Receiver<keyway::reload::ReloadReport>,
+    last: impl Fn(&keyway::reload::ReloadReport) -> bool,
+) -> Vec<keyway::reload::ReloadReport> {
+    let mut seen = Vec::new();
+    let collect = async {
+        loop {
+            match rx.recv().await {
+                Ok(r) => {
+                    let done = last(&r);
+                    seen.push(r);
+                    if done {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(e) => panic!("reload events closed: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), collect)
+        .await
+        .unwrap_or_else(|_| panic!("no matching reload within 10 s; saw {seen:?}"));
+    seen
+}
+
+#[tokio::test]
+async fn a_rejected_config_is_not_revalidated_or_relogged_on_later_events() {
+    let mock = MockUpstream::start().await;
+    let proxy = watched(&mock, &policy_to("model-a")).await;
+    let config = proxy.dir.path().join("keyway.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    let mut rx = proxy.reloader.subscribe();
+    let broken = format!("{good}\nthis is = not toml [\n");
+    std::fs::write(&config, &broken).unwrap();
+    wait_reload(&mut rx, |r| r.result == "error").await;
+    // The same broken text saved again: seen, but neither validated nor reported again.
+    std::fs::write(&config, &broken).unwrap();
+    let again = wait_reload(&mut rx, |_| true).await;
+    assert_eq!(again.result, "unchanged", "{again:?}");
+    assert!(again.errors.is_empty());
+    // An explicit reload still says what is wrong.
+    let explicit = proxy.reloader.reload("admin");
+    assert_eq!(explicit.result, "error");
+    std::fs::write(&config, format!("{good}\n# edited\n")).unwrap();
+    wait_reload(&mut rx, |r| r.result == "ok").await;
+    assert_eq!(served_model(&proxy).await, "model-a");
+}
+
+#[tokio::test]
+async fn unrelated_files_in_the_config_directory_trigger_nothing() {
+    let mock = MockUpstream::start().await;
+    let proxy = watched(&mock, &policy_to("model-a")).await;
+    let mut rx = proxy.reloader.subscribe();
+    for i in 0..20 {
+        std::fs::write(proxy.dir.path().join("keyway.log"), format!("line {i}\n")).unwrap();
+        std::fs::write(proxy.dir.path().join("notes.txt"), format!("{i}")).unwrap();
+    }
+    // Long enough for a reload these writes caused (50 ms after the last) to be reported.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "an unrelated write triggered a reload"
+    );
+}
+
+#[tokio::test]
+async fn a_valid_edit_applies_while_watched_files_are_written_nonstop() {
+    let mock = MockUpstream::start().await;
+    let proxy = watched(&mock, &policy_to("model-a")).await;
+    let mut rx = proxy.reloader.subscribe();
+    // A script beside main.rhai rewritten every 10 ms, for at most 20 s: quiet never comes.
+    let busy = proxy.dir.path().join("policies/helper.rhai");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            for _ in 0..2000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let _ = std::fs::write(&busy, "");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    std::fs::write(
+        proxy.dir.path().join("policies/main.rhai"),
+        policy_to("model-b"),
+    )
+    .unwrap();
+    let applied = tokio::time::timeout(
+        Duration::from_secs(10),
+        wait_reload(&mut rx, |r| r.result == "ok"),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(applied.is_ok(), "the edit was starved by a busy directory");
+    assert_eq!(served_model(&proxy).await, "model-b");
+}
