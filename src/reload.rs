@@ -82,7 +82,7 @@ fn tls_hash(config: &Config) -> Option<String> {
 fn policy_hash(config: &Config, text: &str) -> String {
     let mut bytes = text.as_bytes().to_vec();
     if let Some(dir) = &config.policy.dir {
-        for f in fixtures::fixture_files(dir) {
+        for f in fixtures::fixture_inputs(dir) {
             bytes.extend(std::fs::read(f).unwrap_or_default());
         }
     }
@@ -409,40 +409,6 @@ impl RelevantFiles {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_files_keyway_reads_are_relevant() {
-        let files = RelevantFiles {
-            names: ["keyway.toml", "cert.pem", "key.pem"]
-                .into_iter()
-                .map(Into::into)
-                .collect(),
-        };
-        for yes in [
-            "/etc/keyway/keyway.toml",
-            "/etc/keyway/cert.pem",
-            "/etc/keyway/policies/main.rhai",
-            "/etc/keyway/policies/tests/default.toml",
-            "/etc/keyway/..data",
-            "/etc/keyway/..2030_01_01_00_00_00.000000001",
-        ] {
-            assert!(files.matches(Path::new(yes)), "{yes}");
-        }
-        for no in [
-            "/etc/keyway/keyway.log",
-            "/etc/keyway/notes.txt",
-            "/etc/keyway/other.toml",
-            "/etc/keyway/.keyway.toml.swp",
-            "/etc/keyway/keyway.toml~",
-        ] {
-            assert!(!files.matches(Path::new(no)), "{no}");
-        }
-    }
-}
-
 /// Keeps a file watch alive; dropping it stops watching.
 pub struct WatchGuard {
     task: tokio::task::JoinHandle<()>,
@@ -514,4 +480,38 @@ fn prune_removed_scopes(runtime: &Runtime, config: &Config) {
             true
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_files_keyway_reads_are_relevant() {
+        let files = RelevantFiles {
+            names: ["keyway.toml", "cert.pem", "key.pem"]
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        };
+        for yes in [
+            "/etc/keyway/keyway.toml",
+            "/etc/keyway/cert.pem",
+            "/etc/keyway/policies/main.rhai",
+            "/etc/keyway/policies/tests/default.toml",
+            "/etc/keyway/..data",
+            "/etc/keyway/..2030_01_01_00_00_00.000000001",
+        ] {
+            assert!(files.matches(Path::new(yes)), "{yes}");
+        }
+        for no in [
+            "/etc/keyway/keyway.log",
+            "/etc/keyway/notes.txt",
+            "/etc/keyway/other.toml",
+            "/etc/keyway/.keyway.toml.swp",
+            "/etc/keyway/keyway.toml~",
+        ] {
+            assert!(!files.matches(Path::new(no)), "{no}");
+        }
+    }
 }

@@ -217,3 +217,69 @@ fn explain_prints_candidates_and_keys() {
     assert_eq!(v["candidates"][0]["target"], "openai/gpt-4o");
     assert_eq!(v["candidates"][0]["keys"][0], "main/k0");
 }
+
+/// The README's flow: copy `policies/` next to a config of your own and point
+/// `[policy] dir` at it. The shipped fixtures carry the config they were written for.
+#[test]
+fn the_shipped_policy_and_fixtures_hold_next_to_any_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let copy = dir.path().join("policies");
+    std::fs::create_dir_all(copy.join("tests")).unwrap();
+    for rel in [
+        "main.rhai",
+        "tests/default.toml",
+        "tests/default.config.toml",
+    ] {
+        std::fs::copy(shipped.join(rel), copy.join(rel)).unwrap();
+    }
+    std::fs::write(dir.path().join("client"), "kw-client").unwrap();
+    std::fs::write(dir.path().join("groq"), "gsk-upstream").unwrap();
+    let config = r#"
+[server]
+listen = "127.0.0.1:0"
+[auth]
+clients = [{ name = "me", key = "file:client" }]
+[policy]
+dir = "policies"
+[[provider]]
+id = "groq"
+kind = "openai-compatible"
+base_url = "https://api.groq.com/openai/v1"
+models = ["llama-3.1-8b-instant"]
+[[provider.connection]]
+id = "main"
+keys = ["file:groq"]
+"#;
+    std::fs::write(dir.path().join("keyway.toml"), config).unwrap();
+    let out = keyway()
+        .args(["check", "--config"])
+        .arg(dir.path().join("keyway.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("13 passed, 0 failed"), "{stdout}");
+
+    // A fixture of the user's own, written for another config, fails with what to do.
+    std::fs::write(
+        copy.join("tests/mine.toml"),
+        "[[case]]\nname = \"mine\"\nmodel = \"gpt-4o\"\nexpect_candidates = [\"openai/gpt-4o\"]\n",
+    )
+    .unwrap();
+    let out = keyway()
+        .args(["check", "--config"])
+        .arg(dir.path().join("keyway.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains(r#"config = "<name>.config.toml""#),
+        "{stdout}"
+    );
+}

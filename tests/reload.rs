@@ -340,33 +340,6 @@ async fn thousands_of_requests_across_reloads_all_succeed() {
     assert_eq!(served_model(&proxy).await, "model-e");
 }
 
-/// Collects reload reports until one satisfies `last` (bounded), returning all of them.
-async fn reports_until(
-    rx: &mut tokio::sync::broadcast::Receiver<keyway::reload::ReloadReport>,
-    last: impl Fn(&keyway::reload::ReloadReport) -> bool,
-) -> Vec<keyway::reload::ReloadReport> {
-    let mut seen = Vec::new();
-    let collect = async {
-        loop {
-            match rx.recv().await {
-                Ok(r) => {
-                    let done = last(&r);
-                    seen.push(r);
-                    if done {
-                        return;
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(e) => panic!("reload events closed: {e}"),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), collect)
-        .await
-        .unwrap_or_else(|_| panic!("no matching reload within 10 s; saw {seen:?}"));
-    seen
-}
-
 #[tokio::test]
 async fn a_rejected_config_is_not_revalidated_or_relogged_on_later_events() {
     let mock = MockUpstream::start().await;

@@ -110,6 +110,18 @@ pub fn resolve(reference: &str, base_dir: &Path) -> Result<Secret, SecretRefErro
     Ok(Secret::new(value))
 }
 
+/// A stand-in for a well-formed reference, without reading it: `placeholder:<reference>`.
+pub fn placeholder(reference: &str) -> Result<Secret, SecretRefError> {
+    let name = reference
+        .strip_prefix("env:")
+        .or_else(|| reference.strip_prefix("file:"))
+        .ok_or(SecretRefError::Literal)?;
+    if name.is_empty() {
+        return Err(SecretRefError::Empty(reference.to_string()));
+    }
+    Ok(Secret::new(format!("placeholder:{reference}")))
+}
+
 /// A human-readable default id for a key: the env var or file name it came from.
 pub fn reference_name(reference: &str) -> &str {
     if let Some(name) = reference.strip_prefix("env:") {

@@ -1,8 +1,14 @@
 //! Table-driven policy fixtures: `policies/tests/*.toml`, each `[[case]]` a request and
-//! what the policy must do with it, run against the config with fresh state and a fixed
-//! clock. `keyway check` runs them, and a reload runs them before swapping.
+//! what the policy must do with it, run with fresh state and a fixed clock. `keyway check`
+//! runs them, and a reload runs them before swapping.
+//!
+//! A fixture file that names the config it was written against (`config = "x.config.toml"`,
+//! beside it; secrets in it are never read) runs against that config, so it holds for any
+//! deployment; one without runs against the config being checked. Files ending in
+//! `.config.toml` are such configs, not fixtures.
 //!
 //! ```toml
+//! config = "default.config.toml"               # optional
 //! [[case]]
 //! name = "429 locks the key for this model and moves on"
 //! model = "gpt-4o"
@@ -37,9 +43,14 @@ pub const FIXTURE_NOW_MS: u64 = 1_893_499_200_000;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FixtureFile {
+    /// The config these cases were written against, relative to the fixture file.
+    config: Option<String>,
     #[serde(default, rename = "case")]
     cases: Vec<Case>,
 }
+
+/// Configs that fixture files carry (`*.config.toml`) are not fixtures themselves.
+const FIXTURE_CONFIG_SUFFIX: &str = ".config.toml";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,8 +98,9 @@ pub struct FixtureReport {
     pub failures: Vec<String>,
 }
 
-/// The fixture files of a policy directory (`<dir>/tests/*.toml`), sorted.
-pub fn fixture_files(policy_dir: &Path) -> Vec<PathBuf> {
+/// Every TOML file of a policy directory's `tests/` (fixtures and the configs they carry),
+/// sorted: what a reload hashes to notice a fixture edit.
+pub fn fixture_inputs(policy_dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(policy_dir.join("tests")) else {
         return Vec::new();
     };
@@ -98,6 +110,27 @@ pub fn fixture_files(policy_dir: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// The fixture files of a policy directory (`<dir>/tests/*.toml` but `*.config.toml`).
+pub fn fixture_files(policy_dir: &Path) -> Vec<PathBuf> {
+    fixture_inputs(policy_dir)
+        .into_iter()
+        .filter(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(FIXTURE_CONFIG_SUFFIX))
+        })
+        .collect()
+}
+
+/// Loads the config a fixture file names, with placeholder secrets.
+fn fixture_config(fixture: &Path, name: &str) -> Result<Config, String> {
+    let path = fixture.parent().unwrap_or(Path::new(".")).join(name);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("config `{}`: {e}", path.display()))?;
+    crate::config::parse_with(&path, &text, crate::config::Secrets::Placeholder)
+        .map_err(|e| e.to_string())
 }
 
 /// Runs the fixtures of `policy_dir` against `text` compiled for `config`.
@@ -116,12 +149,30 @@ pub fn run(config: &Config, source: &Arc<str>, text: &str, policy_dir: &Path) ->
                 continue;
             }
         };
+        let own = match fixtures.config.as_deref().map(|c| fixture_config(&file, c)) {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => {
+                report.failures.push(format!("{shown}: {e}"));
+                continue;
+            }
+        };
+        let against = own.as_ref().unwrap_or(config);
         for case in fixtures.cases {
-            match run_case(config, source, text, &case) {
+            match run_case(against, source, text, &case) {
                 Ok(()) => report.passed += 1,
-                Err(why) => report
-                    .failures
-                    .push(format!("{shown}: case `{}`: {why}", case.name)),
+                Err(why) => {
+                    let hint = if own.is_none() {
+                        " (this file runs against the config being checked; if its cases \
+                         were written for another config, name that one at the top: \
+                         `config = \"<name>.config.toml\"` beside it; or adapt the cases)"
+                    } else {
+                        ""
+                    };
+                    report
+                        .failures
+                        .push(format!("{shown}: case `{}`: {why}{hint}", case.name));
+                }
             }
         }
     }
