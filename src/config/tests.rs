@@ -95,3 +95,73 @@ fn auth_must_be_explicit() {
     let e = expect_err(&MINIMAL.replace("allow_unauthenticated = true", ""));
     assert!(e.contains("allow_unauthenticated = true"), "{e}");
 }
+
+mod properties {
+    use super::super::parse;
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    const VALID: &str = r#"
+[server]
+listen = "127.0.0.1:8787"
+max_header_bytes = 16384
+[timeouts]
+idle = "30s"
+[auth]
+allow_unauthenticated = true
+[[provider]]
+id = "openai"
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+models = ["gpt-4o"]
+[[provider.connection]]
+id = "main"
+keys = ["file:/nonexistent/key"]
+"#;
+
+    fn assert_located(text: &str) -> Result<(), TestCaseError> {
+        if let Err(e) = parse(Path::new("k.toml"), text) {
+            // Every error names the file and a line and column inside the text.
+            let loc = e.location.strip_prefix("k.toml:");
+            prop_assert!(loc.is_some(), "{}", e);
+            let mut nums = loc.unwrap().split(':').map(|n| n.parse::<usize>());
+            let line = nums.next().and_then(Result::ok);
+            prop_assert!(
+                line.is_some_and(|l| l >= 1 && l <= text.lines().count().max(1) + 1),
+                "{}",
+                e
+            );
+            prop_assert!(
+                nums.next().and_then(Result::ok).is_some_and(|c| c >= 1),
+                "{}",
+                e
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            assert_located(&text)?;
+        }
+
+        /// A valid config with bytes inserted, removed or replaced somewhere.
+        #[test]
+        fn mutated_configs_never_panic_and_errors_are_located(
+            at in any::<prop::sample::Index>(),
+            cut in 0usize..20,
+            insert in "[\\[\\]=\"{},.a-z0-9 \\n#:-]{0,20}",
+        ) {
+            let mut text = VALID.to_string();
+            let mut i = at.index(text.len());
+            while !text.is_char_boundary(i) { i -= 1; }
+            let mut end = (i + cut).min(text.len());
+            while !text.is_char_boundary(end) { end -= 1; }
+            text.replace_range(i..end, &insert);
+            assert_located(&text)?;
+        }
+    }
+}

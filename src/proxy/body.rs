@@ -368,4 +368,72 @@ mod tests {
         let anthropic = SseFraming::new(Dialect::Anthropic, 1024).terminal(&failure);
         assert!(anthropic.starts_with(b"event: error\ndata: {\"error\""));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Bytes rich in what framing looks at: newlines, carriage returns, `data:`.
+        fn sse_bytes() -> impl Strategy<Value = Vec<u8>> {
+            prop::collection::vec(
+                prop_oneof![
+                    Just(b"\n".to_vec()),
+                    Just(b"\r".to_vec()),
+                    Just(b"\n\n".to_vec()),
+                    Just(b"\r\n\r\n".to_vec()),
+                    Just(b"data: ".to_vec()),
+                    prop::collection::vec(any::<u8>(), 0..40),
+                ],
+                0..60,
+            )
+            .prop_map(|parts| parts.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// However the upstream bytes are split, what is forwarded is a prefix of them
+            /// that ends on an event boundary, every byte is scanned about once, only a
+            /// held-back event past the limit is refused, and nothing is lost.
+            #[test]
+            fn framing_is_split_independent_and_linear(
+                input in sse_bytes(),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+                max_event in 1usize..4096,
+            ) {
+                let mut points: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
+                points.push(0);
+                points.push(input.len());
+                points.sort_unstable();
+                points.dedup();
+                let mut f = SseFraming::new(Dialect::OpenAi, max_event);
+                let mut out = Vec::new();
+                let mut refused = false;
+                for w in points.windows(2) {
+                    match f.push(Bytes::copy_from_slice(&input[w[0]..w[1]])) {
+                        Ok(b) => out.extend_from_slice(&b),
+                        Err(limit) => {
+                            prop_assert_eq!(limit, max_event);
+                            refused = true;
+                            break;
+                        }
+                    }
+                }
+                prop_assert!(input.starts_with(&out));
+                if !out.is_empty() {
+                    prop_assert_eq!(last_event_end(&out), Some(out.len()));
+                }
+                let frames = points.len() as u64;
+                prop_assert!(f.scanned <= input.len() as u64 + 3 * frames);
+                if !refused && !f.pending.is_empty() {
+                    prop_assert!(f.pending.len() <= max_event);
+                }
+                if !refused {
+                    // Nothing lost or reordered: the held-back tail is sent at stream end.
+                    out.extend_from_slice(&f.pending);
+                    prop_assert_eq!(out, input);
+                }
+            }
+        }
+    }
 }
