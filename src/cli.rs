@@ -75,8 +75,10 @@ pub fn init_logging(format: LogFormat, level: &str) {
         // rustls warns once per handshake about client quirks (e.g. an IP address sent as
         // SNI): noise that any client could flood the log with.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},rustls=error")));
+    // Colour codes only for a terminal: in a log file they are noise (and escape sequences).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

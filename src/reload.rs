@@ -437,7 +437,16 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         "admin.listen",
         old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen),
     );
+    check(
+        "server.max_connections",
+        old.server.max_connections != new.server.max_connections,
+    );
+    check(
+        "server.max_header_bytes",
+        old.server.max_header_bytes != new.server.max_header_bytes,
+    );
     let (a, b) = (&old.timeouts, &new.timeouts);
+    check("timeouts.idle", a.idle != b.idle);
     check("timeouts.tls_handshake", a.tls_handshake != b.tls_handshake);
     check(
         "timeouts.request_header",

@@ -694,3 +694,73 @@ async fn a_provider_can_refuse_client_query_strings() {
     assert_eq!(resp.status(), 200);
     assert_eq!(mock.received()[0].query, None);
 }
+
+// === G9: the real binary's text log, written to a pipe ===
+
+#[tokio::test]
+async fn keyway_run_logs_without_colour_codes_or_forged_lines_to_a_pipe() {
+    use tokio::io::AsyncBufReadExt;
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), UPSTREAM_KEY).unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nallow_unauthenticated = true\n\
+         [[provider]]\nid = \"openai\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodels = [\"gpt-4o\"]\n\
+         [[provider.connection]]\nid = \"main\"\nkeys = [\"file:key\"]\n",
+        mock.base_url()
+    );
+    std::fs::write(dir.path().join("keyway.toml"), config).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyway"))
+        .args(["run", "--config"])
+        .arg(dir.path().join("keyway.toml"))
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    let addr = tokio::time::timeout(BOUND, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(rest) = line.split("addr=").nth(1) {
+                if line.contains("listening (http)") {
+                    return rest.split_whitespace().next().unwrap().to_string();
+                }
+            }
+        }
+        panic!("keyway exited:\n{seen}");
+    })
+    .await
+    .expect("keyway did not start");
+    let forged = "x\n2026-11-27T00:00:00.000000Z  INFO keyway::request: forged \u{1b}[31mRED";
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .json(&chat(forged))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    tokio::time::timeout(BOUND, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("keyway::request") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("no request log line");
+    let _ = child.kill().await;
+    assert!(
+        !seen.contains('\u{1b}'),
+        "escape codes in a piped log:\n{seen:?}"
+    );
+    assert!(
+        !seen.lines().any(|l| l.starts_with("2026-11-27T00:00:00")),
+        "{seen}"
+    );
+    assert!(seen.contains(r"model=x\n2026"), "{seen}");
+}
