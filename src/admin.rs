@@ -50,7 +50,7 @@ impl AdminServer {
         prometheus: PrometheusHandle,
     ) -> std::io::Result<Self> {
         Ok(Self {
-            listener: TcpListener::bind(addr).await?,
+            listener: crate::server::conn::bind(addr)?,
             admin: Arc::new(Admin {
                 runtime,
                 reloader,

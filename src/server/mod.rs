@@ -56,9 +56,7 @@ impl Server {
     ) -> Result<Self, ServerError> {
         let runtime = Arc::new(Runtime::new(config.clone(), clock)?);
         let addr = config.server.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })?;
+        let listener = conn::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
         let certs = match &config.server.tls {
             Some(files) => Some(Arc::new(tls::CertStore::load(files)?)),
             None => None,
