@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use support::net::{assert_closed_by_server, BOUND};
 use support::{chat, chat_stream, MockUpstream, Reply, TestProxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// Far beyond any deadline under test: a connection still open then was never closed.
-const BOUND: Duration = Duration::from_secs(10);
 
 async fn proxy(
     mock: &MockUpstream,
@@ -28,24 +26,6 @@ async fn proxy(
     ))
     .start()
     .await
-}
-
-/// Reads until the peer closes; panics if it is still open after [`BOUND`].
-async fn assert_closed_by_server<S: tokio::io::AsyncRead + Unpin>(mut s: S, what: &str) {
-    let mut buf = vec![0u8; 4096];
-    let closed = tokio::time::timeout(BOUND, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await;
-    assert!(
-        closed.is_ok(),
-        "{what}: connection still open after {BOUND:?}"
-    );
 }
 
 #[tokio::test]

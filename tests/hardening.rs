@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::logs::Logs;
+use support::net::{assert_closed_by_server, write_all_then_read, BOUND};
 use support::{chat, chat_stream, MockUpstream, Reply, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const CLIENT_KEY: &str = "kw-client-hardening-0001";
 const UPSTREAM_KEY: &str = "sk-upstream-CANARY-AAAA1111bbbb2222cccc";
-const BOUND: Duration = Duration::from_secs(10);
 
 async fn proxy_for(mock: &MockUpstream) -> TestProxy {
     TestProxy::builder()
@@ -316,17 +316,7 @@ async fn an_early_401_is_readable_by_a_client_that_writes_the_whole_body_first()
          Content-Length: {}\r\n\r\n",
         body.len()
     );
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(&body)
-        .await
-        .expect("Keyway reset the connection while the body was sent");
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(BOUND, s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let resp = String::from_utf8_lossy(&buf[..n]);
+    let resp = write_all_then_read(proxy.addr, &head, &body).await;
     assert!(status_line(&resp).contains(" 401 "), "{resp}");
     assert!(resp.contains("invalid_api_key"), "{resp}");
 }
@@ -352,17 +342,7 @@ async fn an_early_413_is_readable_by_a_client_that_writes_the_whole_body_first()
          Content-Length: {}\r\n\r\n",
         body.len()
     );
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(&body)
-        .await
-        .expect("Keyway reset the connection while the body was sent");
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(BOUND, s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let resp = String::from_utf8_lossy(&buf[..n]);
+    let resp = write_all_then_read(proxy.addr, &head, &body).await;
     assert!(status_line(&resp).contains(" 413 "), "{resp}");
 }
 
@@ -577,19 +557,8 @@ async fn the_admin_listener_closes_slow_and_silent_connections() {
         .await
         .unwrap();
     let silent = TcpStream::connect(admin).await.unwrap();
-    for mut s in [trickle, silent] {
-        let mut buf = [0u8; 1024];
-        let read = tokio::time::timeout(BOUND, async {
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
-                }
-            }
-        })
-        .await;
-        assert!(read.is_ok(), "admin connection still open after {BOUND:?}");
-    }
+    assert_closed_by_server(trickle, "admin, trickled headers").await;
+    assert_closed_by_server(silent, "admin, silent").await;
 }
 
 // === G13: strict Host and Transfer-Encoding ===

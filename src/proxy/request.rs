@@ -78,12 +78,7 @@ pub fn check_head(parts: &http::request::Parts, max_uri_bytes: usize) -> Result<
             ))
         }
         (Some(h), None) => {
-            let valid = h
-                .to_str()
-                .ok()
-                .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                .is_some_and(|a| a.as_str().len() == h.len() && !a.as_str().contains('@'));
-            if !valid {
+            if !valid_host(h.as_bytes()) {
                 return Err(ProxyError::BadHead("invalid Host header"));
             }
         }
@@ -102,6 +97,31 @@ pub fn check_head(parts: &http::request::Parts, max_uri_bytes: usize) -> Result<
             "Transfer-Encoding must be a single `chunked`",
         )),
     }
+}
+
+/// `host[:port]` as RFC 3986 allows it in `Host` (reg-name or IP literal, no userinfo),
+/// checked without allocating.
+fn valid_host(h: &[u8]) -> bool {
+    let (host, port) = match h.iter().rposition(|b| *b == b':') {
+        // A colon inside brackets belongs to an IPv6 literal.
+        Some(i) if !h[i..].contains(&b']') => (&h[..i], &h[i + 1..]),
+        _ => (h, &b""[..]),
+    };
+    let host_ok = match host {
+        [b'[', inner @ .., b']'] => {
+            !inner.is_empty()
+                && inner
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || b":.".contains(b))
+        }
+        _ => {
+            !host.is_empty()
+                && host
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b))
+        }
+    };
+    host_ok && port.iter().all(u8::is_ascii_digit) && port.len() <= 5
 }
 
 /// Reads the whole body, refusing more than `limit` bytes or a body slower than `timeout`.
@@ -277,6 +297,33 @@ mod tests {
             parse(r#"{"model":"a","model":"b"}"#),
             ProxyError::InvalidJson(_)
         ));
+    }
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            "a",
+            "localhost:8787",
+            "api.example.com",
+            "127.0.0.1:1",
+            "[::1]:8787",
+            "[::1]",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "a b c",
+            "user@host",
+            "a/b",
+            "a:80x",
+            "[::1",
+            "a:123456",
+            ":80",
+            "a\tb",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod certs;
 pub mod logs;
 pub mod mock;
+pub mod net;
 pub mod proxy;
 
 pub use mock::{MockUpstream, Reply};
