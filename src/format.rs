@@ -1,5 +1,5 @@
 //! API formats: which wire format a client request uses and which provider kinds speak it.
-//! This is the one seam where OpenAI ⇄ Anthropic translation will plug in.
+//! A provider that does not speak the client's format is reached through [`crate::translate`].
 
 use std::fmt;
 

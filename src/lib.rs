@@ -25,6 +25,7 @@ pub mod reload;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod translate;
 pub mod upstream;
 
 /// Installs the process-wide rustls crypto provider (ring). Call once, before any TLS use;

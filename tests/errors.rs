@@ -86,18 +86,16 @@ async fn client_errors_in_openai_shape() {
         .unwrap();
     openai_error(resp, 404, "unknown_url").await;
 
-    // A model only an Anthropic provider serves, asked for in OpenAI format.
+    // A model only an Anthropic provider serves, asked for in a format no translator
+    // reaches it from (chat completions are translated; embeddings are not).
     let resp = proxy
-        .post("/v1/chat/completions")
-        .json(&chat("claude-3-5-sonnet"))
+        .post("/v1/embeddings")
+        .json(&json!({"model": "claude-3-5-sonnet", "input": "hi"}))
         .send()
         .await
         .unwrap();
     let m = openai_error(resp, 400, "unsupported_format").await;
-    assert!(
-        m.contains("anthropic") && m.contains("chat.completions"),
-        "{m}"
-    );
+    assert!(m.contains("anthropic") && m.contains("embeddings"), "{m}");
     assert!(
         mock.received().is_empty(),
         "no bad request reached the upstream"

@@ -79,7 +79,9 @@ pub fn explain(
             });
             continue;
         };
-        if !req.format.spoken_by(provider.kind) {
+        if !req.format.spoken_by(provider.kind)
+            && crate::translate::Translation::plan(req.format, provider.kind).is_none()
+        {
             let why = format!("{} does not accept {} requests", provider.kind, req.format);
             out.push(CandidateReport {
                 target,

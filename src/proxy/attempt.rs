@@ -24,6 +24,8 @@ use crate::policy::{
 use crate::quota::{Lock, QuotaState};
 use crate::routing::Target;
 use crate::runtime::{Runtime, Snapshot};
+use crate::translate::anthropic_stream::AnthropicToChat;
+use crate::translate::{chat_messages, TranslatedRequest, Translation, DROPPED_HEADER};
 use crate::upstream::{self, UpstreamError};
 
 /// Largest upstream error body read for classification (the rest is not needed).
@@ -50,6 +52,8 @@ pub struct AttemptRecord {
     pub message: String,
     pub retry_after_ms: Option<u64>,
     pub millis: u64,
+    /// The format translation this attempt went through, if any.
+    pub translation: Option<&'static str>,
 }
 
 /// What the loop needs from the request.
@@ -112,6 +116,15 @@ impl AttemptContext<'_> {
                 records.push(skip(target, "-", &lock, "model locked"));
                 continue;
             }
+            // A request the target's format cannot express is the client's 400, whatever
+            // the key: translated once per target, before any attempt.
+            let translated = match target.translation {
+                None => None,
+                Some(Translation::ChatToMessages) => Some(
+                    chat_messages::request(self.parsed.raw(), &target.model)
+                        .map_err(|e| Err(ProxyError::Unsupported(e)))?,
+                ),
+            };
             let conns = provider
                 .connections
                 .iter()
@@ -158,7 +171,7 @@ impl AttemptContext<'_> {
                         c.increment(1);
                     }
                     let started = Instant::now();
-                    let (outcome, response) = self.try_once(target, key).await;
+                    let (outcome, response) = self.try_once(target, key, translated.as_ref()).await;
                     let upstream_wait = started.elapsed();
                     let attempt =
                         AttemptView(Arc::new(AttemptInfo::new(number, conn, key, &target.model)));
@@ -201,6 +214,7 @@ impl AttemptContext<'_> {
                         message: o.message.clone(),
                         retry_after_ms: o.retry_after_ms,
                         millis: started.elapsed().as_millis() as u64,
+                        translation: target.translation.map(Translation::label),
                     });
                     match (decision, response) {
                         (Decision::Return, Some(resp)) => return Ok(resp),
@@ -249,18 +263,23 @@ impl AttemptContext<'_> {
         &self,
         target: &Target,
         key: &ApiKey,
+        translated: Option<&TranslatedRequest>,
     ) -> (Outcome, Option<Response<ProxyBody>>) {
         let provider = &target.provider;
         let t = &self.snap.config.timeouts;
         let redactor = &self.snap.redactor;
         let scrub = |s: String| redactor.redact_string(s);
+        let (upstream_format, body) = match (target.translation, translated) {
+            (Some(tr), Some(req)) => (tr.upstream_format(), req.body.clone()),
+            _ => (self.format, self.parsed.body_for(&target.model)),
+        };
         let req = match upstream::build_request(
             provider,
-            self.format,
+            upstream_format,
             key,
             self.headers,
             self.query,
-            self.parsed.body_for(&target.model),
+            body,
         ) {
             Ok(r) => r,
             Err(e) => return (Outcome::failure(OutcomeClass::Network, e.to_string()), None),
@@ -296,6 +315,15 @@ impl AttemptContext<'_> {
             };
             let outcome = Outcome::from_response(status, &parts.headers, "", now);
             redactor.redact_headers(&mut parts.headers);
+            if let (Some(_), Some(req)) = (target.translation, translated) {
+                return match self
+                    .translated_success(parts, body, first, provider, req)
+                    .await
+                {
+                    Ok(resp) => (outcome, Some(resp)),
+                    Err(failure) => (failure, None),
+                };
+            }
             let resp = relay(
                 parts,
                 body,
@@ -318,9 +346,107 @@ impl AttemptContext<'_> {
         outcome.cap_wait(&self.snap.config.policy);
         upstream::filter_response_headers(&mut parts.headers);
         redactor.redact_headers(&mut parts.headers);
-        let resp = Response::from_parts(parts, body::full(text));
+        let resp = match translated {
+            // The upstream's error, in the client's shape (same class of status).
+            Some(req) => {
+                let (status, text) = chat_messages::error(&text, status.as_u16());
+                parts.status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                parts.headers.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                with_dropped(Response::from_parts(parts, body::full(text)), req)
+            }
+            None => Response::from_parts(parts, body::full(text)),
+        };
         (outcome, Some(resp))
     }
+
+    /// A 2xx from a translated route, in the client's format: streams through the
+    /// target's state machine, JSON bodies read whole (bounded) and mapped. A body that
+    /// breaks before it is whole is a network failure, so another attempt may serve.
+    async fn translated_success(
+        &self,
+        mut parts: http::response::Parts,
+        mut body: Incoming,
+        first: Option<Bytes>,
+        provider: &crate::config::Provider,
+        req: &TranslatedRequest,
+    ) -> Result<Response<ProxyBody>, Outcome> {
+        let t = &self.snap.config.timeouts;
+        let created = self.quota().now_ms() / 1000;
+        let is_sse = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        upstream::filter_response_headers(&mut parts.headers);
+        if is_sse {
+            let framing = body::SseFraming::new(
+                Dialect::Anthropic,
+                self.snap.config.server.max_sse_event_bytes,
+            );
+            let relay = RelayBody::with_first(
+                body,
+                first,
+                provider.id.clone(),
+                t.stream_idle,
+                Some(framing),
+            );
+            let machine = Box::new(AnthropicToChat::new(created, req.include_usage));
+            let out = body::TranslatedBody::new(relay, machine).boxed_unsync();
+            return Ok(with_dropped(Response::from_parts(parts, out), req));
+        }
+        let mut whole = first.map(|b| b.to_vec()).unwrap_or_default();
+        loop {
+            match tokio::time::timeout(t.stream_idle, body.frame()).await {
+                Ok(None) => break,
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        whole.extend_from_slice(&data);
+                    }
+                    if whole.len() > TRANSLATED_BODY_LIMIT {
+                        let msg = format!("response larger than {TRANSLATED_BODY_LIMIT} bytes");
+                        return Err(Outcome::failure(OutcomeClass::Network, msg));
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    let msg = format!("response body broke: {e}");
+                    return Err(Outcome::failure(OutcomeClass::Network, msg));
+                }
+                Err(_) => {
+                    let msg = format!("response body stalled for {:?}", t.stream_idle);
+                    return Err(Outcome::failure(OutcomeClass::Timeout, msg));
+                }
+            }
+        }
+        let mapped = chat_messages::response(&whole, created).map_err(|e| {
+            Outcome::failure(
+                OutcomeClass::Network,
+                format!("upstream sent a response that is not a message: {e}"),
+            )
+        })?;
+        parts.headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        Ok(with_dropped(
+            Response::from_parts(parts, body::full(mapped)),
+            req,
+        ))
+    }
+}
+
+/// Largest JSON body read whole for translation.
+const TRANSLATED_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Lists the client fields a translated route dropped.
+fn with_dropped(mut resp: Response<ProxyBody>, req: &TranslatedRequest) -> Response<ProxyBody> {
+    if !req.dropped.is_empty() {
+        if let Ok(v) = http::HeaderValue::try_from(req.dropped.join(",")) {
+            resp.headers_mut().insert(DROPPED_HEADER, v);
+        }
+    }
+    resp
 }
 
 fn skip(target: &Target, connection: &str, lock: &Lock, why: &str) -> AttemptRecord {
@@ -340,6 +466,7 @@ fn skip(target: &Target, connection: &str, lock: &Lock, why: &str) -> AttemptRec
         message: String::new(),
         retry_after_ms: None,
         millis: 0,
+        translation: target.translation.map(Translation::label),
     }
 }
 

@@ -206,6 +206,65 @@ impl Body for RelayBody {
     }
 }
 
+pin_project! {
+    /// A relayed upstream stream translated into the client's format, event by event.
+    pub struct TranslatedBody {
+        #[pin]
+        inner: RelayBody,
+        machine: Box<dyn crate::translate::StreamTranslator>,
+        done: bool,
+    }
+}
+
+impl TranslatedBody {
+    pub fn new(inner: RelayBody, machine: Box<dyn crate::translate::StreamTranslator>) -> Self {
+        Self {
+            inner,
+            machine,
+            done: false,
+        }
+    }
+}
+
+impl Body for TranslatedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        loop {
+            if *this.done {
+                return Poll::Ready(None);
+            }
+            let out = match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => this.machine.push(&data),
+                    Err(_trailers) => continue,
+                },
+                // The relay ends streams it cuts with an event in the upstream's dialect,
+                // which the machine has translated; a plain end is checked by `finish`.
+                None | Some(Err(_)) => {
+                    *this.done = true;
+                    this.machine.finish()
+                }
+            };
+            if this.machine.is_finished() {
+                *this.done = true;
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
 /// Holds back a trailing partial event so only whole events are forwarded. Each byte is
 /// scanned for an event end once (a separator split across frames is found through a
 /// three-byte overlap), and the held-back event is capped.

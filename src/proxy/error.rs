@@ -52,6 +52,9 @@ pub enum ProxyError {
     /// 400
     #[error("`model` must be a string")]
     ModelNotString,
+    /// 400 with `param`: the request cannot be expressed in the chosen target's format.
+    #[error(transparent)]
+    Unsupported(crate::translate::Unsupported),
     /// 404 (unknown model) or 400 (format mismatch).
     #[error(transparent)]
     Route(#[from] RouteError),
@@ -131,7 +134,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-            ProxyError::BadHead(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadHead(_) | ProxyError::Unsupported(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyRead(_)
@@ -156,6 +159,7 @@ impl ProxyError {
             ProxyError::Unauthorized => "invalid_api_key",
             ProxyError::UriTooLong { .. } => "uri_too_long",
             ProxyError::BadHead(_) => "invalid_request_head",
+            ProxyError::Unsupported(_) => "unsupported_parameter",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::BodyTimeout(_) => "request_timeout",
             ProxyError::BodyRead(_) => "invalid_body",
@@ -219,6 +223,13 @@ impl ProxyError {
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             return resp;
+        }
+        if let ProxyError::Unsupported(u) = &self {
+            let mut body = error_json(dialect, status, self.code(), &self.to_string());
+            if dialect == Dialect::OpenAi && !u.param.is_empty() {
+                body["error"]["param"] = serde_json::Value::from(u.param.as_str());
+            }
+            return json_response(status, body);
         }
         let mut resp = error_response(dialect, status, self.code(), &self.to_string());
         if let ProxyError::MethodNotAllowed { allow, .. } = self {

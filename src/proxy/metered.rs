@@ -254,6 +254,9 @@ pub fn record(c: Completion, complete: bool, prompt: Option<u64>, completion: Op
             }
             _ => {}
         }
+        if let Some(t) = a.translation {
+            let _ = write!(attempts, " via {t}");
+        }
     }
     tracing::info!(
         target: "keyway::request",

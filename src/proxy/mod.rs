@@ -300,8 +300,8 @@ fn max_wait_secs(snap: &Snapshot) -> u64 {
     p.max_retry_after.max(p.max_quota_wait).as_secs().max(1)
 }
 
-/// `target conn/key outcome ms` per attempt, `target conn skipped` per skip;
-/// comma-separated. Key ids are config names, not secrets.
+/// `target conn/key outcome ms` per attempt, `target conn skipped` per skip, each with
+/// `via from-to-to` when translated; comma-separated. Key ids are config names, not secrets.
 fn trace_header(attempts: &[AttemptRecord]) -> String {
     let mut out = String::new();
     for (i, a) in attempts.iter().enumerate() {
@@ -326,6 +326,9 @@ fn trace_header(attempts: &[AttemptRecord]) -> String {
             _ => {
                 let _ = write!(out, "{} {} skipped", a.target, a.connection);
             }
+        }
+        if let Some(t) = a.translation {
+            let _ = write!(out, " via {t}");
         }
     }
     out

@@ -233,6 +233,11 @@ impl ParsedBody {
         })
     }
 
+    /// The client's body as received.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
     /// Body length in bytes.
     pub fn len(&self) -> usize {
         self.raw.len()

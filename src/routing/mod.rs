@@ -23,6 +23,8 @@ pub struct Target {
     pub model: String,
     /// Restricts the attempt to one connection of the provider.
     pub connection: Option<String>,
+    /// Set when the provider does not speak the client's format and a translator does.
+    pub translation: Option<crate::translate::Translation>,
 }
 
 impl Target {
@@ -134,19 +136,27 @@ impl Router {
                 tracing::warn!(provider = %c.spec.provider, "policy named an unknown provider; skipped");
                 continue;
             };
-            if !format.spoken_by(provider.kind) {
-                first_mismatch.get_or_insert_with(|| RouteError::FormatMismatch {
-                    model: requested.to_string(),
-                    provider: provider.id.clone(),
-                    kind: provider.kind,
-                    format,
-                });
-                continue;
-            }
+            // Identity when the provider speaks the format; a translator when one exists.
+            let translation = match format.spoken_by(provider.kind) {
+                true => None,
+                false => match crate::translate::Translation::plan(format, provider.kind) {
+                    Some(t) => Some(t),
+                    None => {
+                        first_mismatch.get_or_insert_with(|| RouteError::FormatMismatch {
+                            model: requested.to_string(),
+                            provider: provider.id.clone(),
+                            kind: provider.kind,
+                            format,
+                        });
+                        continue;
+                    }
+                },
+            };
             out.push(Target {
                 provider: provider.clone(),
                 model: c.spec.model_for(requested).to_string(),
                 connection: c.connection.clone(),
+                translation,
             });
         }
         if out.is_empty() {

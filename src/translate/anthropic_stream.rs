@@ -1,0 +1,405 @@
+//! Anthropic Messages SSE (upstream) → OpenAI Chat Completions chunks (client), event by
+//! event. Tool calls get dense OpenAI indexes (0, 1, 2 … over tool calls only, never the
+//! Anthropic block index); thinking goes to `reasoning_content`, never `content`; usage
+//! is accumulated (cache tokens counted into `prompt_tokens`) and sent as the final
+//! `choices: []` chunk when the client asked for it; the stream ends with `[DONE]`. An
+//! upstream `error` event, or an end before `message_stop`, ends the client's stream with
+//! an error chunk and never with a finish chunk that claims success.
+//!
+//! [`AnthropicToChat::push`] takes whole upstream bytes (any chunking: events are framed
+//! here) and returns the client bytes they produce.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{json, Value};
+
+use super::{chat_usage_from_anthropic, finish_reason_from_anthropic};
+
+/// Largest upstream event held while incomplete (the relay caps events before this).
+const MAX_EVENT: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Text,
+    Thinking,
+    /// A tool call and its OpenAI index; `args` once any argument bytes were sent.
+    Tool {
+        index: usize,
+        args: bool,
+    },
+    /// Server tools and anything unknown: ignored.
+    Other,
+}
+
+/// The state of one translated stream.
+pub struct AnthropicToChat {
+    pending: BytesMut,
+    /// Bytes of `pending` already searched for an event end (less a 3-byte overlap).
+    scanned: usize,
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+    role_sent: bool,
+    blocks: Vec<Block>,
+    next_tool: usize,
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_creation: u64,
+    stop_reason: Option<String>,
+    finished: bool,
+}
+
+impl AnthropicToChat {
+    /// `include_usage`: the client sent `stream_options.include_usage: true`.
+    pub fn new(created: u64, include_usage: bool) -> Self {
+        Self {
+            pending: BytesMut::new(),
+            scanned: 0,
+            id: String::new(),
+            model: String::new(),
+            created,
+            include_usage,
+            role_sent: false,
+            blocks: Vec::new(),
+            next_tool: 0,
+            input: 0,
+            output: 0,
+            cache_read: 0,
+            cache_creation: 0,
+            stop_reason: None,
+            finished: false,
+        }
+    }
+
+    /// True once the stream ended (normally or with an error); later input is ignored.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Feeds upstream bytes; returns the client bytes they complete (possibly empty).
+    pub fn push(&mut self, data: &[u8]) -> Bytes {
+        let mut out = BytesMut::new();
+        if self.finished {
+            return out.freeze();
+        }
+        self.pending.extend_from_slice(data);
+        while let Some((end, sep)) = event_end(&self.pending, self.scanned.saturating_sub(3)) {
+            let event = self.pending.split_to(end + sep);
+            self.scanned = 0;
+            self.event(&event[..end], &mut out);
+            if self.finished {
+                self.pending.clear();
+                break;
+            }
+        }
+        self.scanned = self.pending.len();
+        if self.pending.len() > MAX_EVENT {
+            self.fail("upstream event too large", &mut out);
+        }
+        out.freeze()
+    }
+
+    /// The upstream body ended: if `message_stop` never came, the client gets an error.
+    pub fn finish(&mut self) -> Bytes {
+        let mut out = BytesMut::new();
+        if !self.finished {
+            if !self.pending.is_empty() {
+                let rest = std::mem::take(&mut self.pending);
+                self.event(&rest, &mut out);
+            }
+            if !self.finished {
+                self.fail("upstream stream ended before message_stop", &mut out);
+            }
+        }
+        out.freeze()
+    }
+
+    fn event(&mut self, raw: &[u8], out: &mut BytesMut) {
+        let mut data = Vec::new();
+        for line in raw.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(d) = line.strip_prefix(b"data:") {
+                if !data.is_empty() {
+                    data.push(b'\n');
+                }
+                data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
+            }
+        }
+        if data.is_empty() {
+            return; // comments, pings without data
+        }
+        let Ok(ev) = serde_json::from_slice::<Value>(&data) else {
+            return self.fail("upstream sent an event that is not JSON", out);
+        };
+        match ev["type"].as_str().unwrap_or("") {
+            "message_start" => {
+                let m = &ev["message"];
+                self.id = m["id"].as_str().unwrap_or("").to_string();
+                self.model = m["model"].as_str().unwrap_or("").to_string();
+                self.usage(&m["usage"]);
+                self.role(out);
+            }
+            "content_block_start" => {
+                let b = &ev["content_block"];
+                let block = match b["type"].as_str() {
+                    Some("text") => Block::Text,
+                    Some("thinking") => Block::Thinking,
+                    Some("tool_use") => {
+                        let index = self.next_tool;
+                        self.next_tool += 1;
+                        self.role(out);
+                        self.chunk(
+                            out,
+                            json!({"tool_calls": [{"index": index, "id": b["id"], "type": "function",
+                                "function": {"name": b["name"], "arguments": ""}}]}),
+                            None,
+                        );
+                        Block::Tool { index, args: false }
+                    }
+                    _ => Block::Other,
+                };
+                let at = ev["index"].as_u64().unwrap_or(self.blocks.len() as u64) as usize;
+                if self.blocks.len() <= at {
+                    self.blocks.resize(at + 1, Block::Other);
+                }
+                self.blocks[at] = block;
+                if let (Block::Text, Some(t)) = (block, b["text"].as_str()) {
+                    if !t.is_empty() {
+                        self.chunk(out, json!({"content": t}), None);
+                    }
+                }
+            }
+            "content_block_delta" => {
+                let at = ev["index"].as_u64().unwrap_or(0) as usize;
+                let d = &ev["delta"];
+                match (self.blocks.get(at).copied(), d["type"].as_str()) {
+                    (Some(Block::Text), Some("text_delta")) => {
+                        if let Some(t) = d["text"].as_str().filter(|t| !t.is_empty()) {
+                            self.role(out);
+                            self.chunk(out, json!({"content": t}), None);
+                        }
+                    }
+                    (Some(Block::Thinking), Some("thinking_delta")) => {
+                        if let Some(t) = d["thinking"].as_str().filter(|t| !t.is_empty()) {
+                            self.role(out);
+                            self.chunk(out, json!({"reasoning_content": t}), None);
+                        }
+                    }
+                    (Some(Block::Thinking), Some("signature_delta")) => {
+                        if let Some(s) = d["signature"].as_str() {
+                            self.chunk(
+                                out,
+                                json!({"reasoning_details": [{"type": "reasoning.text", "text": "", "signature": s}]}),
+                                None,
+                            );
+                        }
+                    }
+                    (Some(Block::Tool { index, .. }), Some("input_json_delta")) => {
+                        if let Some(p) = d["partial_json"].as_str().filter(|p| !p.is_empty()) {
+                            self.blocks[at] = Block::Tool { index, args: true };
+                            self.chunk(
+                                out,
+                                json!({"tool_calls": [{"index": index, "function": {"arguments": p}}]}),
+                                None,
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "content_block_stop" => {
+                let at = ev["index"].as_u64().unwrap_or(0) as usize;
+                if let Some(Block::Tool { index, args: false }) = self.blocks.get(at).copied() {
+                    // A call without arguments still needs valid JSON for them.
+                    self.chunk(
+                        out,
+                        json!({"tool_calls": [{"index": index, "function": {"arguments": "{}"}}]}),
+                        None,
+                    );
+                    self.blocks[at] = Block::Tool { index, args: true };
+                }
+            }
+            "message_delta" => {
+                if let Some(r) = ev["delta"]["stop_reason"].as_str() {
+                    self.stop_reason = Some(r.to_string());
+                }
+                self.usage(&ev["usage"]);
+            }
+            "message_stop" => {
+                self.role(out);
+                let finish = finish_reason_from_anthropic(self.stop_reason.as_deref());
+                self.chunk(out, json!({}), Some(finish));
+                if self.include_usage {
+                    let usage = chat_usage_from_anthropic(
+                        self.input,
+                        self.output,
+                        self.cache_read,
+                        self.cache_creation,
+                    );
+                    let chunk = json!({"id": self.id, "object": "chat.completion.chunk",
+                        "created": self.created, "model": self.model, "choices": [], "usage": usage});
+                    sse(out, &chunk);
+                }
+                out.put_slice(b"data: [DONE]\n\n");
+                self.finished = true;
+            }
+            "error" => {
+                let message = ev["error"]["message"]
+                    .as_str()
+                    .unwrap_or("upstream stream error")
+                    .to_string();
+                let kind = ev["error"]["type"].as_str().unwrap_or("api_error");
+                self.error(out, &message, kind);
+            }
+            _ => {} // ping and future event types
+        }
+    }
+
+    /// Usage fields present in `u` overwrite what is known (`output_tokens` is cumulative).
+    fn usage(&mut self, u: &Value) {
+        let set = |field: &mut u64, key: &str| {
+            if let Some(v) = u[key].as_u64() {
+                *field = v;
+            }
+        };
+        set(&mut self.input, "input_tokens");
+        set(&mut self.output, "output_tokens");
+        set(&mut self.cache_read, "cache_read_input_tokens");
+        set(&mut self.cache_creation, "cache_creation_input_tokens");
+    }
+
+    fn role(&mut self, out: &mut BytesMut) {
+        if !self.role_sent {
+            self.role_sent = true;
+            self.chunk(out, json!({"role": "assistant", "content": ""}), None);
+        }
+    }
+
+    fn chunk(&self, out: &mut BytesMut, delta: Value, finish: Option<&str>) {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        if self.include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        sse(out, &chunk);
+    }
+
+    fn fail(&mut self, message: &str, out: &mut BytesMut) {
+        self.error(out, message, "api_error");
+    }
+
+    fn error(&mut self, out: &mut BytesMut, message: &str, kind: &str) {
+        let code = match kind {
+            "overloaded_error" => "overloaded",
+            "rate_limit_error" => "rate_limit_exceeded",
+            _ => "stream_interrupted",
+        };
+        sse(
+            out,
+            &json!({"error": {"message": message, "type": "server_error", "param": null, "code": code}}),
+        );
+        out.put_slice(b"data: [DONE]\n\n");
+        self.finished = true;
+    }
+}
+
+fn sse(out: &mut BytesMut, v: &Value) {
+    out.put_slice(b"data: ");
+    // Writing JSON into a BytesMut cannot fail.
+    let _ = serde_json::to_writer((&mut *out).writer(), v);
+    out.put_slice(b"\n\n");
+}
+
+/// The first event end in `buf` at or after `from`: (index of the blank line, separator
+/// length).
+fn event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
+    while i + 1 < buf.len() {
+        match (buf[i], buf[i + 1]) {
+            (b'\n', b'\n') => return Some((i, 2)),
+            (b'\r', b'\n') if buf[i + 2..].starts_with(b"\r\n") => return Some((i, 4)),
+            (b'\r', b'\r') => return Some((i, 2)),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces of real Anthropic events, junk, and framing, in any order.
+    fn upstream() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(&b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":3}}}\n\n"[..]),
+            Just(&b"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"[..]),
+            Just(&b"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}}\n\n"[..]),
+            Just(&b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n"[..]),
+            Just(&b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\":1}\"}}\n\n"[..]),
+            Just(&b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":9,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}}\n\n"[..]),
+            Just(&b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n"[..]),
+            Just(&b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n"[..]),
+            Just(&b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"[..]),
+            Just(&b"event: ping\ndata: {\"type\":\"ping\"}\n\n"[..]),
+            Just(&b"data: {not json\n\n"[..]),
+            Just(&b"\r\n\r\n"[..]),
+            Just(&b": comment\n"[..]),
+        ];
+        (
+            prop::collection::vec(piece, 0..20),
+            prop::collection::vec(any::<u8>(), 0..64),
+            any::<bool>(),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(pieces, junk, add_junk, cut)| {
+                let mut bytes = pieces.concat();
+                if add_junk {
+                    bytes.extend_from_slice(&junk);
+                }
+                let keep = cut.index(bytes.len() + 1);
+                bytes.truncate(keep); // streams break anywhere
+                bytes
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever arrives, and however it is cut, the client gets well-formed chunks and
+        /// exactly one terminal `[DONE]`, last; chunking never changes a byte.
+        #[test]
+        fn any_upstream_ends_in_one_well_formed_terminal(
+            input in upstream(),
+            split in any::<prop::sample::Index>(),
+            include_usage in any::<bool>(),
+        ) {
+            let run = |cut: usize| {
+                let mut m = AnthropicToChat::new(1, include_usage);
+                let mut out = m.push(&input[..cut]).to_vec();
+                out.extend_from_slice(&m.push(&input[cut..]));
+                out.extend_from_slice(&m.finish());
+                prop_assert!(m.is_finished());
+                Ok(out)
+            };
+            let whole = run(input.len())?;
+            let split = run(split.index(input.len() + 1))?;
+            prop_assert_eq!(&whole, &split);
+            let text = String::from_utf8(whole).expect("client bytes are UTF-8");
+            let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+            prop_assert_eq!(events.last().copied(), Some("data: [DONE]"));
+            prop_assert_eq!(events.iter().filter(|e| **e == "data: [DONE]").count(), 1);
+            for e in &events[..events.len() - 1] {
+                let data = e.strip_prefix("data: ").expect("only data lines");
+                prop_assert!(serde_json::from_str::<Value>(data).is_ok(), "{}", data);
+            }
+        }
+    }
+}
