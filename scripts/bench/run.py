@@ -176,8 +176,11 @@ def hey(url, secs, rate):
     """Fixed rate with hey (Debian): -q is per worker, so 20 workers at rate/20 each."""
     body = '{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}'
     workers = 20
+    # hey puts its Host value, port included, into TLS SNI, which rustls rightly refuses
+    # ("127.0.0.1:PORT" is not a host name): give it the bare host for HTTPS targets.
+    host = ["-host", url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]] if url.startswith("https://") else []
     r = sh(["hey", "-z", f"{secs}s", "-c", str(workers), "-q", str(max(1, rate // workers)), "-m", "POST",
-            "-T", "application/json", "-H", f"Authorization: Bearer {CLIENT_KEY}", "-d", body, url])
+            "-T", "application/json", "-H", f"Authorization: Bearer {CLIENT_KEY}", *host, "-d", body, url])
     rps = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
     pct = {int(p): float(s) * 1e6 for p, s in re.findall(r"(\d+)%+ in ([\d.]+) secs", r.stdout)}
     if not rps or 50 not in pct:
