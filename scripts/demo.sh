@@ -45,6 +45,14 @@ if $smoke; then
         http://127.0.0.1:8787/v1/messages \
         -d '{"model":"claude-3-5-sonnet","max_tokens":64,"messages":[{"role":"user","content":"hello"}]}')
   grep -q '"type":"message"' <<<"$out" || { echo "demo smoke: messages failed: $out" >&2; exit 1; }
+  # Translated routes: an OpenAI client asks for a Claude model, an Anthropic client for GPT.
+  out=$(curl -sfN "${auth[@]}" http://127.0.0.1:8787/v1/chat/completions \
+        -d '{"model":"claude-3-5-sonnet","stream":true,"messages":[{"role":"user","content":"hello"}]}')
+  grep -q 'data: \[DONE\]' <<<"$out" || { echo "demo smoke: translated stream failed: $out" >&2; exit 1; }
+  out=$(curl -sf -H "x-api-key: $KEYWAY_DEMO_CLIENT_KEY" -H "content-type: application/json" \
+        http://127.0.0.1:8787/v1/messages \
+        -d '{"model":"gpt-4o","max_tokens":64,"messages":[{"role":"user","content":"hello"}]}')
+  grep -q '"type":"message"' <<<"$out" || { echo "demo smoke: translated messages failed: $out" >&2; exit 1; }
   echo "demo smoke: ok"
   exit 0
 fi
@@ -57,6 +65,12 @@ Try:
   curl -N http://127.0.0.1:8787/v1/chat/completions \\
     -H "Authorization: Bearer $KEYWAY_DEMO_CLIENT_KEY" -H "content-type: application/json" \\
     -d '{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Hello!"}]}'
+
+A Claude model through the same OpenAI endpoint (translated to Anthropic's Messages API):
+
+  curl -N http://127.0.0.1:8787/v1/chat/completions \\
+    -H "Authorization: Bearer $KEYWAY_DEMO_CLIENT_KEY" -H "content-type: application/json" \\
+    -d '{"model":"claude-3-5-sonnet","stream":true,"messages":[{"role":"user","content":"Hello!"}]}'
 
 Press Ctrl-C to stop.
 MSG

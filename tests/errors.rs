@@ -158,18 +158,24 @@ async fn anthropic_endpoint_errors_use_the_anthropic_shape() {
     assert_eq!(resp.status(), 401);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "authentication_error");
+    // A field the translation to an OpenAI provider cannot carry: Anthropic's shape.
     let resp = proxy
         .post("/v1/messages")
-        .json(&chat("gpt-4o"))
+        .json(&json!({"model": "gpt-4o", "max_tokens": 5,
+            "mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "m"}],
+            "messages": [{"role": "user", "content": "hi"}]}))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
     let v: Value = resp.json().await.unwrap();
-    assert!(v["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("does not accept messages"));
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("MCP"),
+        "{v}"
+    );
+    assert!(mock.received().is_empty());
 }
 
 #[tokio::test]

@@ -7,8 +7,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use keyway::translate::anthropic_stream::AnthropicToChat;
-use keyway::translate::chat_messages;
+use keyway::config::ProviderKind;
+use keyway::translate::{chat_messages, Translation};
 use serde_json::{json, Value};
 use support::{MockUpstream, Reply, TestProxy};
 
@@ -31,36 +31,45 @@ fn json(path: &Path) -> Option<Value> {
     Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
-/// Removes the values that legitimately differ run to run.
+/// Removes the values that legitimately differ run to run (ids, timestamps).
 fn normalise(mut v: Value) -> Value {
     if let Some(o) = v.as_object_mut() {
         o.remove("id");
         o.remove("created");
+        if let Some(m) = o.get_mut("message").and_then(Value::as_object_mut) {
+            m.remove("id");
+        }
     }
     v
 }
 
-/// The `data:` payloads of an SSE text: JSON values, or the literal `[DONE]`.
+/// The events of an SSE text: their `data:` payload (JSON, or the literal `[DONE]`), and
+/// for named events the name, which must equal the payload's `type`.
 fn sse_payloads(text: &str) -> Vec<Value> {
     text.split("\n\n")
         .filter(|e| !e.trim().is_empty())
         .map(|e| {
+            let name = e.lines().find_map(|l| l.strip_prefix("event: "));
             let data = e
                 .lines()
                 .filter_map(|l| l.strip_prefix("data: "))
                 .collect::<Vec<_>>()
                 .join("\n");
             if data == "[DONE]" {
-                Value::from("[DONE]")
-            } else {
-                normalise(serde_json::from_str(&data).unwrap_or_else(|e| panic!("{data}: {e}")))
+                return Value::from("[DONE]");
             }
+            let v =
+                normalise(serde_json::from_str(&data).unwrap_or_else(|e| panic!("{data}: {e}")));
+            if let Some(name) = name {
+                assert_eq!(v["type"], name, "event name and payload type differ: {e}");
+            }
+            v
         })
         .collect()
 }
 
-fn run_stream(input: &[u8], include_usage: bool, cuts: &[usize]) -> Vec<u8> {
-    let mut m = AnthropicToChat::new(1_700_000_000, include_usage);
+fn run_stream(tr: Translation, input: &[u8], include_usage: bool, cuts: &[usize]) -> Vec<u8> {
+    let mut m = tr.stream(1_700_000_000, include_usage, "claude-sonnet-4-5");
     let mut out = Vec::new();
     let mut from = 0;
     for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
@@ -71,14 +80,18 @@ fn run_stream(input: &[u8], include_usage: bool, cuts: &[usize]) -> Vec<u8> {
     out
 }
 
-#[test]
-fn chat_to_messages_golden_cases() {
-    for dir in cases("chat_to_messages") {
+fn golden(pair: &str, tr: Translation) {
+    for dir in cases(pair) {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let meta = json(&dir.join("meta.json")).unwrap();
         let target = meta["target_model"].as_str().unwrap();
+        let kind = match meta["kind"].as_str() {
+            Some("openai") => ProviderKind::OpenAi,
+            Some("openai-compatible") => ProviderKind::OpenAiCompatible,
+            _ => ProviderKind::Anthropic,
+        };
         let request = std::fs::read(dir.join("request.json")).unwrap();
-        let translated = chat_messages::request(&request, target);
+        let translated = tr.request(&request, target, kind);
         if let Some(param) = meta["error_param"].as_str() {
             let err = translated.expect_err(&name);
             assert_eq!(err.param, param, "{name}");
@@ -99,13 +112,12 @@ fn chat_to_messages_golden_cases() {
         if let Some(reply) = json(&dir.join("upstream_response.json")) {
             let body = serde_json::to_vec(&reply).unwrap();
             let got: Value =
-                serde_json::from_slice(&chat_messages::response(&body, 1_700_000_000).unwrap())
-                    .unwrap();
+                serde_json::from_slice(&tr.response(&body, 1_700_000_000).unwrap()).unwrap();
             let want = json(&dir.join("client_response.json")).unwrap();
             assert_eq!(normalise(got), normalise(want), "{name}: client response");
         }
         if let Ok(sse) = std::fs::read(dir.join("upstream_response.sse")) {
-            let whole = run_stream(&sse, translated.include_usage, &[]);
+            let whole = run_stream(tr, &sse, translated.include_usage, &[]);
             let want = std::fs::read_to_string(dir.join("client_response.sse")).unwrap();
             assert_eq!(
                 sse_payloads(&String::from_utf8(whole.clone()).unwrap()),
@@ -113,7 +125,7 @@ fn chat_to_messages_golden_cases() {
                 "{name}: client stream"
             );
             for cut in 0..=sse.len() {
-                let split = run_stream(&sse, translated.include_usage, &[cut]);
+                let split = run_stream(tr, &sse, translated.include_usage, &[cut]);
                 assert_eq!(
                     split, whole,
                     "{name}: split at byte {cut} changed the stream"
@@ -121,6 +133,16 @@ fn chat_to_messages_golden_cases() {
             }
         }
     }
+}
+
+#[test]
+fn chat_to_messages_golden_cases() {
+    golden("chat_to_messages", Translation::ChatToMessages);
+}
+
+#[test]
+fn messages_to_chat_golden_cases() {
+    golden("messages_to_chat", Translation::MessagesToChat);
 }
 
 #[test]
@@ -298,5 +320,99 @@ async fn anthropic_clients_still_reach_anthropic_untouched() {
         &mock.received()[0].body[..],
         body.as_bytes(),
         "identity is byte for byte"
+    );
+}
+
+async fn compatible_behind_keyway(mock: &MockUpstream) -> TestProxy {
+    TestProxy::builder()
+        .provider(
+            "deepseek",
+            "openai-compatible",
+            &mock.base_url(),
+            &["deepseek-chat"],
+            &["sk-compat-key-translation"],
+        )
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn an_anthropic_client_reaches_an_openai_compatible_provider() {
+    let mock = MockUpstream::start().await;
+    let proxy = compatible_behind_keyway(&mock).await;
+    let resp = proxy
+        .post("/v1/messages?beta=true")
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "claude-code-20250219")
+        .json(&json!({"model": "deepseek-chat", "max_tokens": 50,
+            "system": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=1; cch=1;"},
+                       {"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-keyway-dropped"], "cache_control");
+    let trace = resp.headers()["x-keyway-attempts"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(trace.contains("via messages-to-chat"), "{trace}");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(
+        v["content"],
+        json!([{"type": "text", "text": "tok0 tok1 tok2 "}])
+    );
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert_eq!(v["usage"]["input_tokens"], 5);
+    assert_eq!(v["usage"]["output_tokens"], 3);
+    let got = &mock.received()[0];
+    assert_eq!(got.path, "/v1/chat/completions");
+    assert_eq!(got.query.as_deref(), Some("beta=true"));
+    assert_eq!(got.key.as_deref(), Some("sk-compat-key-translation"));
+    assert!(!got.headers.contains_key("anthropic-version"));
+    assert!(!got.headers.contains_key("anthropic-beta"));
+    let sent = got.json();
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+    );
+    assert_eq!(sent["max_tokens"], 50);
+}
+
+#[tokio::test]
+async fn an_anthropic_client_gets_a_well_formed_event_stream() {
+    let mock = MockUpstream::start().await;
+    let proxy = compatible_behind_keyway(&mock).await;
+    let resp = proxy
+        .post("/v1/messages")
+        .json(
+            &json!({"model": "deepseek-chat", "max_tokens": 50, "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let events = sse_payloads(&text);
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types.first(), Some(&"message_start"));
+    assert_eq!(&types[types.len() - 2..], ["message_delta", "message_stop"]);
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, "tok0 tok1 tok2 ");
+    let delta = &events[events.len() - 2];
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+    assert_eq!(
+        delta["usage"]["output_tokens"], 3,
+        "usage asked of the upstream: {delta}"
+    );
+    assert_eq!(
+        mock.received()[0].json()["stream_options"]["include_usage"],
+        true
     );
 }

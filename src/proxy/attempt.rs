@@ -24,8 +24,7 @@ use crate::policy::{
 use crate::quota::{Lock, QuotaState};
 use crate::routing::Target;
 use crate::runtime::{Runtime, Snapshot};
-use crate::translate::anthropic_stream::AnthropicToChat;
-use crate::translate::{chat_messages, TranslatedRequest, Translation, DROPPED_HEADER};
+use crate::translate::{TranslatedRequest, Translation, DROPPED_HEADER};
 use crate::upstream::{self, UpstreamError};
 
 /// Largest upstream error body read for classification (the rest is not needed).
@@ -120,8 +119,8 @@ impl AttemptContext<'_> {
             // the key: translated once per target, before any attempt.
             let translated = match target.translation {
                 None => None,
-                Some(Translation::ChatToMessages) => Some(
-                    chat_messages::request(self.parsed.raw(), &target.model)
+                Some(t) => Some(
+                    t.request(self.parsed.raw(), &target.model, provider.kind)
                         .map_err(|e| Err(ProxyError::Unsupported(e)))?,
                 ),
             };
@@ -281,7 +280,14 @@ impl AttemptContext<'_> {
             self.query,
             body,
         ) {
-            Ok(r) => r,
+            Ok(mut r) => {
+                if target.translation == Some(Translation::MessagesToChat) {
+                    // The client's Anthropic protocol headers mean nothing upstream.
+                    r.headers_mut().remove("anthropic-version");
+                    r.headers_mut().remove("anthropic-beta");
+                }
+                r
+            }
             Err(e) => return (Outcome::failure(OutcomeClass::Network, e.to_string()), None),
         };
         let resp = match self.runtime.upstream.send(req, t.upstream_headers).await {
@@ -315,9 +321,9 @@ impl AttemptContext<'_> {
             };
             let outcome = Outcome::from_response(status, &parts.headers, "", now);
             redactor.redact_headers(&mut parts.headers);
-            if let (Some(_), Some(req)) = (target.translation, translated) {
+            if let (Some(tr), Some(req)) = (target.translation, translated) {
                 return match self
-                    .translated_success(parts, body, first, provider, req)
+                    .translated_success(tr, parts, body, first, provider, req)
                     .await
                 {
                     Ok(resp) => (outcome, Some(resp)),
@@ -346,10 +352,10 @@ impl AttemptContext<'_> {
         outcome.cap_wait(&self.snap.config.policy);
         upstream::filter_response_headers(&mut parts.headers);
         redactor.redact_headers(&mut parts.headers);
-        let resp = match translated {
+        let resp = match (target.translation, translated) {
             // The upstream's error, in the client's shape (same class of status).
-            Some(req) => {
-                let (status, text) = chat_messages::error(&text, status.as_u16());
+            (Some(tr), Some(req)) => {
+                let (status, text) = tr.error(&text, status.as_u16());
                 parts.status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                 parts.headers.insert(
                     http::header::CONTENT_TYPE,
@@ -357,7 +363,7 @@ impl AttemptContext<'_> {
                 );
                 with_dropped(Response::from_parts(parts, body::full(text)), req)
             }
-            None => Response::from_parts(parts, body::full(text)),
+            _ => Response::from_parts(parts, body::full(text)),
         };
         (outcome, Some(resp))
     }
@@ -367,6 +373,7 @@ impl AttemptContext<'_> {
     /// breaks before it is whole is a network failure, so another attempt may serve.
     async fn translated_success(
         &self,
+        tr: Translation,
         mut parts: http::response::Parts,
         mut body: Incoming,
         first: Option<Bytes>,
@@ -382,7 +389,7 @@ impl AttemptContext<'_> {
         upstream::filter_response_headers(&mut parts.headers);
         if is_sse {
             let framing = body::SseFraming::new(
-                Dialect::Anthropic,
+                tr.upstream_dialect(),
                 self.snap.config.server.max_sse_event_bytes,
             );
             let relay = RelayBody::with_first(
@@ -392,7 +399,7 @@ impl AttemptContext<'_> {
                 t.stream_idle,
                 Some(framing),
             );
-            let machine = Box::new(AnthropicToChat::new(created, req.include_usage));
+            let machine = tr.stream(created, req.include_usage, &self.parsed.model);
             let out = body::TranslatedBody::new(relay, machine).boxed_unsync();
             return Ok(with_dropped(Response::from_parts(parts, out), req));
         }
@@ -419,10 +426,10 @@ impl AttemptContext<'_> {
                 }
             }
         }
-        let mapped = chat_messages::response(&whole, created).map_err(|e| {
+        let mapped = tr.response(&whole, created).map_err(|e| {
             Outcome::failure(
                 OutcomeClass::Network,
-                format!("upstream sent a response that is not a message: {e}"),
+                format!("upstream sent an answer that could not be translated: {e}"),
             )
         })?;
         parts.headers.insert(

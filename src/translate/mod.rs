@@ -4,10 +4,14 @@
 //! mapper and stream state machine; shared tables (stop reasons, usage math) live here.
 //!
 //! Built so far: OpenAI Chat Completions clients → Anthropic Messages providers
-//! ([`chat_messages`] for requests and JSON responses, [`anthropic_stream`] for SSE).
+//! ([`chat_messages`] for requests and JSON responses, [`anthropic_stream`] for SSE), and
+//! Anthropic Messages clients → OpenAI-compatible providers ([`messages_chat`],
+//! [`openai_stream`]).
 
 pub mod anthropic_stream;
 pub mod chat_messages;
+pub mod messages_chat;
+pub mod openai_stream;
 
 use crate::config::ProviderKind;
 use crate::format::ApiFormat;
@@ -17,6 +21,8 @@ use crate::format::ApiFormat;
 pub enum Translation {
     /// OpenAI Chat Completions client, Anthropic Messages upstream.
     ChatToMessages,
+    /// Anthropic Messages client, OpenAI Chat Completions upstream.
+    MessagesToChat,
 }
 
 impl Translation {
@@ -25,6 +31,10 @@ impl Translation {
     pub fn plan(client: ApiFormat, kind: ProviderKind) -> Option<Self> {
         match (client, kind) {
             (ApiFormat::OpenAiChat, ProviderKind::Anthropic) => Some(Translation::ChatToMessages),
+            (
+                ApiFormat::AnthropicMessages,
+                ProviderKind::OpenAi | ProviderKind::OpenAiCompatible,
+            ) => Some(Translation::MessagesToChat),
             _ => None,
         }
     }
@@ -33,13 +43,68 @@ impl Translation {
     pub fn upstream_format(self) -> ApiFormat {
         match self {
             Translation::ChatToMessages => ApiFormat::AnthropicMessages,
+            Translation::MessagesToChat => ApiFormat::OpenAiChat,
         }
+    }
+
+    /// The client body in the upstream's format, for `model` on a provider of `kind`.
+    pub fn request(
+        self,
+        raw: &[u8],
+        model: &str,
+        kind: ProviderKind,
+    ) -> Result<TranslatedRequest, Unsupported> {
+        match self {
+            Translation::ChatToMessages => chat_messages::request(raw, model),
+            Translation::MessagesToChat => messages_chat::request(raw, model, kind),
+        }
+    }
+
+    /// An upstream JSON answer in the client's format.
+    pub fn response(self, raw: &[u8], created: u64) -> Result<bytes::Bytes, serde_json::Error> {
+        match self {
+            Translation::ChatToMessages => chat_messages::response(raw, created),
+            Translation::MessagesToChat => messages_chat::response(raw),
+        }
+    }
+
+    /// An upstream error body in the client's shape, and the status to send.
+    pub fn error(self, raw: &[u8], status: u16) -> (u16, bytes::Bytes) {
+        match self {
+            Translation::ChatToMessages => chat_messages::error(raw, status),
+            Translation::MessagesToChat => messages_chat::error(raw, status),
+        }
+    }
+
+    /// The state machine for a streamed answer; `client_model` is the name the client
+    /// asked for.
+    pub fn stream(
+        self,
+        created: u64,
+        include_usage: bool,
+        client_model: &str,
+    ) -> Box<dyn StreamTranslator> {
+        match self {
+            Translation::ChatToMessages => Box::new(anthropic_stream::AnthropicToChat::new(
+                created,
+                include_usage,
+            )),
+            Translation::MessagesToChat => {
+                Box::new(openai_stream::OpenAiToAnthropic::new(client_model))
+            }
+        }
+    }
+
+    /// The dialect of the upstream's streams (how the relay ends one it has to cut).
+    pub fn upstream_dialect(self) -> crate::format::Dialect {
+        self.upstream_format().dialect()
     }
 
     /// `from-to-to`, for traces, logs and metrics (ASCII: it goes into headers).
     pub fn label(self) -> &'static str {
         match self {
             Translation::ChatToMessages => "chat-to-messages",
+            Translation::MessagesToChat => "messages-to-chat",
         }
     }
 }
@@ -82,6 +147,18 @@ pub trait StreamTranslator: Send {
     fn finish(&mut self) -> bytes::Bytes;
     /// True once the client's stream has its terminal event.
     fn is_finished(&self) -> bool;
+}
+
+impl StreamTranslator for openai_stream::OpenAiToAnthropic {
+    fn push(&mut self, data: &[u8]) -> bytes::Bytes {
+        openai_stream::OpenAiToAnthropic::push(self, data)
+    }
+    fn finish(&mut self) -> bytes::Bytes {
+        openai_stream::OpenAiToAnthropic::finish(self)
+    }
+    fn is_finished(&self) -> bool {
+        openai_stream::OpenAiToAnthropic::is_finished(self)
+    }
 }
 
 impl StreamTranslator for anthropic_stream::AnthropicToChat {

@@ -1,0 +1,484 @@
+//! OpenAI Chat Completions chunks (upstream) → Anthropic Messages SSE (client): the Claude
+//! Code path. Content blocks are strictly sequential with indexes 0, 1, 2 …; a delta is
+//! only ever sent for a block that was started; one upstream tool call is one `tool_use`
+//! block however its fragments arrive (arguments before the name are held; name and
+//! arguments in one chunk both count). A new block stops the one before it, so fragments
+//! a provider sends for an earlier call after a later one started are dropped (no real
+//! provider seen interleaves them). The tail
+//! (`message_delta` with stop reason and usage, `message_stop`) waits for both the finish
+//! reason and the usage chunk, or for `[DONE]`. An upstream error, or an end without
+//! a finish, gives `event: error` and no `message_stop`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{json, Value};
+
+use super::messages_chat::{anthropic_usage, reasoning_text, stop_reason};
+
+const MAX_EVENT: usize = 16 * 1024 * 1024;
+/// Marks signatures Keyway made up for thinking that came without one (strict SDK types
+/// want a string); they are never sent to Anthropic.
+pub const SYNTHETIC_SIGNATURE: &str = "kw1:unsigned";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    None,
+    Text(usize),
+    Thinking(usize),
+}
+
+#[derive(Debug, Default)]
+struct Tool {
+    id: Option<String>,
+    name: Option<String>,
+    /// Arguments seen before the name, held until the block can start.
+    held: String,
+    /// The block index once started; `closed` once stopped.
+    block: Option<usize>,
+    closed: bool,
+}
+
+pub struct OpenAiToAnthropic {
+    pending: BytesMut,
+    scanned: usize,
+    model: String,
+    started: bool,
+    next_block: usize,
+    open: Open,
+    tools: Vec<Tool>,
+    finish: Option<String>,
+    usage: Option<Value>,
+    finished: bool,
+}
+
+impl OpenAiToAnthropic {
+    /// `model`: the name the client asked for, echoed in `message_start`.
+    pub fn new(model: &str) -> Self {
+        Self {
+            pending: BytesMut::new(),
+            scanned: 0,
+            model: model.to_string(),
+            started: false,
+            next_block: 0,
+            open: Open::None,
+            tools: Vec::new(),
+            finish: None,
+            usage: None,
+            finished: false,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    pub fn push(&mut self, data: &[u8]) -> Bytes {
+        let mut out = BytesMut::new();
+        if self.finished {
+            return out.freeze();
+        }
+        self.pending.extend_from_slice(data);
+        while let Some((end, sep)) = event_end(&self.pending, self.scanned.saturating_sub(3)) {
+            let event = self.pending.split_to(end + sep);
+            self.scanned = 0;
+            self.event(&event[..end], &mut out);
+            if self.finished {
+                self.pending.clear();
+                break;
+            }
+        }
+        self.scanned = self.pending.len();
+        if self.pending.len() > MAX_EVENT {
+            self.fail("upstream event too large", &mut out);
+        }
+        out.freeze()
+    }
+
+    pub fn finish(&mut self) -> Bytes {
+        let mut out = BytesMut::new();
+        if !self.finished {
+            if !self.pending.is_empty() {
+                let rest = std::mem::take(&mut self.pending);
+                self.event(&rest, &mut out);
+            }
+            if !self.finished {
+                if self.finish.is_some() {
+                    self.tail(&mut out); // a finish reason but no [DONE]: still whole
+                } else {
+                    self.fail("upstream stream ended before its finish", &mut out);
+                }
+            }
+        }
+        out.freeze()
+    }
+
+    fn event(&mut self, raw: &[u8], out: &mut BytesMut) {
+        let mut data = Vec::new();
+        for line in raw.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(d) = line.strip_prefix(b"data:") {
+                if !data.is_empty() {
+                    data.push(b'\n');
+                }
+                data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
+            }
+        }
+        if data.is_empty() {
+            return;
+        }
+        if data == b"[DONE]" {
+            return self.tail(out);
+        }
+        let Ok(chunk) = serde_json::from_slice::<Value>(&data) else {
+            return self.fail("upstream sent a chunk that is not JSON", out);
+        };
+        if let Some(err) = chunk.get("error").filter(|e| !e.is_null()) {
+            let message = err["message"].as_str().unwrap_or("upstream stream error");
+            return self.fail(message, out);
+        }
+        self.start(&chunk, out);
+        if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(u.clone());
+        }
+        let Some(choice) = chunk["choices"].get(0) else {
+            return self.maybe_tail(out);
+        };
+        let delta = &choice["delta"];
+        // One chunk may carry reasoning, text, tool calls and the finish: in that order.
+        if let Some(r) = reasoning_text(delta) {
+            if !matches!(self.open, Open::Thinking(_)) {
+                self.close_open(out);
+                self.close_tools(out);
+                let i = self.block();
+                emit(
+                    out,
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": i,
+                    "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+                );
+                self.open = Open::Thinking(i);
+            }
+            if let Open::Thinking(i) = self.open {
+                emit(
+                    out,
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": i,
+                    "delta": {"type": "thinking_delta", "thinking": r}}),
+                );
+            }
+        }
+        if let Some(t) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+            if !matches!(self.open, Open::Text(_)) {
+                self.close_open(out);
+                self.close_tools(out);
+                let i = self.block();
+                emit(
+                    out,
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": i,
+                    "content_block": {"type": "text", "text": ""}}),
+                );
+                self.open = Open::Text(i);
+            }
+            if let Open::Text(i) = self.open {
+                emit(
+                    out,
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": i,
+                    "delta": {"type": "text_delta", "text": t}}),
+                );
+            }
+        }
+        for call in delta["tool_calls"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            self.tool_fragment(call, out);
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            self.finish.get_or_insert_with(|| f.to_string());
+        }
+        self.maybe_tail(out);
+    }
+
+    fn start(&mut self, chunk: &Value, out: &mut BytesMut) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let id = chunk["id"].as_str().unwrap_or("");
+        let id = if id.starts_with("msg_") {
+            id.to_string()
+        } else {
+            format!("msg_{id}")
+        };
+        emit(
+            out,
+            "message_start",
+            &json!({"type": "message_start", "message": {
+            "id": id, "type": "message", "role": "assistant", "model": self.model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 0, "output_tokens": 0,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}),
+        );
+    }
+
+    fn block(&mut self) -> usize {
+        let i = self.next_block;
+        self.next_block += 1;
+        i
+    }
+
+    fn tool_fragment(&mut self, call: &Value, out: &mut BytesMut) {
+        let k = call["index"].as_u64().unwrap_or(self.tools.len() as u64) as usize;
+        if k > 1024 {
+            return; // no real response has that many calls in one turn
+        }
+        if self.tools.len() <= k {
+            self.tools.resize_with(k + 1, Tool::default);
+        }
+        if let Some(id) = call["id"].as_str().filter(|s| !s.is_empty()) {
+            self.tools[k].id.get_or_insert_with(|| id.to_string());
+        }
+        if let Some(name) = call["function"]["name"].as_str().filter(|s| !s.is_empty()) {
+            self.tools[k].name.get_or_insert_with(|| name.to_string());
+        }
+        let args = call["function"]["arguments"].as_str().unwrap_or("");
+        if self.tools[k].block.is_none() {
+            self.tools[k].held.push_str(args);
+            let Some(name) = self.tools[k].name.clone() else {
+                return; // held until the name arrives
+            };
+            // Blocks are strictly sequential: whatever is open stops first.
+            self.close_open(out);
+            self.close_tools(out);
+            let i = self.block();
+            let id = super::chat_messages::tool_id(
+                self.tools[k]
+                    .id
+                    .as_deref()
+                    .unwrap_or(&format!("toolu_kw_{k}")),
+            );
+            emit(
+                out,
+                "content_block_start",
+                &json!({"type": "content_block_start", "index": i,
+                "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+            );
+            self.tools[k].block = Some(i);
+            let held = std::mem::take(&mut self.tools[k].held);
+            if !held.is_empty() {
+                emit(
+                    out,
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": i,
+                    "delta": {"type": "input_json_delta", "partial_json": held}}),
+                );
+            }
+        } else if let (Some(i), false) = (self.tools[k].block, self.tools[k].closed) {
+            if !args.is_empty() {
+                emit(
+                    out,
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": i,
+                    "delta": {"type": "input_json_delta", "partial_json": args}}),
+                );
+            }
+        }
+    }
+
+    fn close_open(&mut self, out: &mut BytesMut) {
+        match self.open {
+            Open::None => {}
+            Open::Text(i) => stop(out, i),
+            Open::Thinking(i) => {
+                emit(
+                    out,
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": i,
+                    "delta": {"type": "signature_delta", "signature": SYNTHETIC_SIGNATURE}}),
+                );
+                stop(out, i);
+            }
+        }
+        self.open = Open::None;
+    }
+
+    fn close_tools(&mut self, out: &mut BytesMut) {
+        let mut open: Vec<usize> = self
+            .tools
+            .iter_mut()
+            .filter(|t| !t.closed)
+            .filter_map(|t| {
+                t.block.inspect(|_| {
+                    t.closed = true;
+                })
+            })
+            .collect();
+        open.sort_unstable();
+        for i in open {
+            stop(out, i);
+        }
+    }
+
+    /// The tail goes out once finish and usage are both known (usage comes after finish).
+    fn maybe_tail(&mut self, out: &mut BytesMut) {
+        if self.finish.is_some() && self.usage.is_some() {
+            self.tail(out);
+        }
+    }
+
+    fn tail(&mut self, out: &mut BytesMut) {
+        if self.finished {
+            return;
+        }
+        if self.finish.is_none() {
+            return self.fail("upstream stream ended before its finish", out);
+        }
+        self.start(&json!({}), out);
+        self.close_open(out);
+        self.close_tools(out);
+        let saw_tool = self.tools.iter().any(|t| t.block.is_some());
+        let usage = self
+            .usage
+            .as_ref()
+            .map(anthropic_usage)
+            .unwrap_or_else(|| anthropic_usage(&Value::Null));
+        emit(
+            out,
+            "message_delta",
+            &json!({"type": "message_delta",
+            "delta": {"stop_reason": stop_reason(self.finish.as_deref(), saw_tool), "stop_sequence": null},
+            "usage": usage}),
+        );
+        emit(out, "message_stop", &json!({"type": "message_stop"}));
+        self.finished = true;
+    }
+
+    fn fail(&mut self, message: &str, out: &mut BytesMut) {
+        self.close_open(out);
+        self.close_tools(out);
+        emit(
+            out,
+            "error",
+            &json!({"type": "error",
+            "error": {"type": "api_error", "message": message}}),
+        );
+        self.finished = true;
+    }
+}
+
+fn stop(out: &mut BytesMut, i: usize) {
+    emit(
+        out,
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": i}),
+    );
+}
+
+fn emit(out: &mut BytesMut, event: &str, data: &Value) {
+    out.put_slice(b"event: ");
+    out.put_slice(event.as_bytes());
+    out.put_slice(b"\ndata: ");
+    let _ = serde_json::to_writer((&mut *out).writer(), data);
+    out.put_slice(b"\n\n");
+}
+
+fn event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
+    while i + 1 < buf.len() {
+        match (buf[i], buf[i + 1]) {
+            (b'\n', b'\n') => return Some((i, 2)),
+            (b'\r', b'\n') if buf[i + 2..].starts_with(b"\r\n") => return Some((i, 4)),
+            (b'\r', b'\r') => return Some((i, 2)),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn upstream() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(&b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"r\"}}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"f\",\"arguments\":\"{\"}}]}}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"function\":{\"arguments\":\"1}\"}}]}}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"b\",\"function\":{\"name\":\"g\"}}]}}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n"[..]),
+            Just(&b"data: {\"error\":{\"message\":\"boom\"}}\n\n"[..]),
+            Just(&b"data: [DONE]\n\n"[..]),
+            Just(&b"data: {nope\n\n"[..]),
+            Just(&b": keep-alive\n\n"[..]),
+        ];
+        (
+            prop::collection::vec(piece, 0..20),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(pieces, cut)| {
+                let mut bytes = pieces.concat();
+                bytes.truncate(cut.index(bytes.len() + 1));
+                bytes
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever arrives and however it is cut: named events whose name is their type,
+        /// blocks started before their deltas and strictly one after another, and exactly
+        /// one terminal (`message_stop` or `error`), last. Chunking never changes a byte.
+        #[test]
+        fn any_upstream_gives_a_well_formed_anthropic_stream(
+            input in upstream(),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let run = |cut: usize| {
+                let mut m = OpenAiToAnthropic::new("m");
+                let mut out = m.push(&input[..cut]).to_vec();
+                out.extend_from_slice(&m.push(&input[cut..]));
+                out.extend_from_slice(&m.finish());
+                out
+            };
+            let whole = run(input.len());
+            prop_assert_eq!(&whole, &run(split.index(input.len() + 1)));
+            let text = String::from_utf8(whole).unwrap();
+            let mut open: Option<u64> = None;
+            let mut next = 0u64;
+            let mut terminals = 0;
+            let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+            for (n, e) in events.iter().enumerate() {
+                let (head, data) = e.split_once('\n').unwrap();
+                let name = head.strip_prefix("event: ").unwrap();
+                let v: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+                prop_assert_eq!(v["type"].as_str(), Some(name));
+                match name {
+                    "content_block_start" => {
+                        prop_assert_eq!(open, None);
+                        prop_assert_eq!(v["index"].as_u64(), Some(next));
+                        open = Some(next);
+                        next += 1;
+                    }
+                    "content_block_delta" => prop_assert_eq!(v["index"].as_u64(), open),
+                    "content_block_stop" => {
+                        prop_assert_eq!(v["index"].as_u64(), open);
+                        open = None;
+                    }
+                    "message_stop" | "error" => {
+                        terminals += 1;
+                        prop_assert_eq!(n, events.len() - 1, "terminal not last");
+                        prop_assert_eq!(open, None, "a block left open");
+                    }
+                    _ => {}
+                }
+            }
+            prop_assert_eq!(terminals, 1);
+        }
+    }
+}
