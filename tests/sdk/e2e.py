@@ -97,7 +97,31 @@ keys = ["env:E2E_ANTHROPIC_KEY"]
         assert text == "".join(f"tok{i} " for i in range(6)), text
         msg = ant.messages.create(model="claude-3-5-sonnet", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
         assert msg.content[0].text.startswith("tok0"), msg
-        print("sdk e2e: 7 passed, 0 failed")
+        # Translated routes: the OpenAI SDK asks for a Claude model (Anthropic provider) ...
+        want = "".join(f"tok{i} " for i in range(6))
+        stream = oai.chat.completions.create(model="claude-3-5-sonnet", messages=[{"role": "user", "content": "hi"}],
+                                             stream=True, stream_options={"include_usage": True})
+        got, usage = "", None
+        for c in stream:
+            if c.choices and c.choices[0].delta.content:
+                got += c.choices[0].delta.content
+            if c.usage:
+                usage = c.usage
+        assert got == want, got
+        assert usage and usage.completion_tokens == 6 and usage.prompt_tokens == 5, usage
+        reply = oai.chat.completions.create(model="claude-3-5-sonnet", messages=[
+            {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content == want and reply.choices[0].finish_reason == "stop", reply
+        # ... and the Anthropic SDK asks for a GPT model (OpenAI provider).
+        with ant.messages.stream(model="gpt-4o", max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as s:
+            text = "".join(s.text_stream)
+            final = s.get_final_message()
+        assert text == want, text
+        assert final.stop_reason == "end_turn" and final.usage.output_tokens == 6, final
+        msg = ant.messages.create(model="gpt-4o", max_tokens=64, system="be brief",
+                                  messages=[{"role": "user", "content": "hi"}])
+        assert msg.content[0].text == want and msg.stop_reason == "end_turn", msg
+        print("sdk e2e: 11 passed, 0 failed")
     finally:
         for p in procs:
             p.terminate()
