@@ -3,6 +3,7 @@ run them: Keyway over TLS (certificate from `trustme`) in front of the mock upst
 
 Usage: e2e.py KEYWAY_BIN MOCK_BIN
 """
+import json
 import os
 import socket
 import subprocess
@@ -121,7 +122,53 @@ keys = ["env:E2E_ANTHROPIC_KEY"]
         msg = ant.messages.create(model="gpt-4o", max_tokens=64, system="be brief",
                                   messages=[{"role": "user", "content": "hi"}])
         assert msg.content[0].text == want and msg.stop_reason == "end_turn", msg
-        print("sdk e2e: 11 passed, 0 failed")
+        # Tools across formats: a streamed parallel tool call the OpenAI SDK reassembles,
+        # from an Anthropic provider, then the tool-result round trip.
+        tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+                 {"type": "function", "function": {"name": "get_time", "description": "Time in a zone",
+                  "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}}]
+        calls = {}
+        for c in oai.chat.completions.create(model="claude-3-5-sonnet", stream=True, tools=tools,
+                                             messages=[{"role": "user", "content": "weather and time?"}]):
+            for tc in (c.choices[0].delta.tool_calls or []) if c.choices else []:
+                slot = calls.setdefault(tc.index, {"id": None, "name": None, "args": ""})
+                slot["id"] = slot["id"] or tc.id
+                slot["name"] = slot["name"] or (tc.function.name if tc.function else None)
+                slot["args"] += (tc.function.arguments or "") if tc.function else ""
+        assert sorted(calls) == [0, 1], calls
+        assert [calls[i]["name"] for i in (0, 1)] == ["get_weather", "get_time"], calls
+        assert json.loads(calls[0]["args"]) == {"city": "mock city"}, calls
+        assert json.loads(calls[1]["args"]) == {"zone": "mock zone"}, calls
+        reply = oai.chat.completions.create(model="claude-3-5-sonnet", tools=tools, messages=[
+            {"role": "user", "content": "weather and time?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": calls[i]["id"], "type": "function", "function": {"name": calls[i]["name"], "arguments": calls[i]["args"]}}
+                for i in (0, 1)]},
+            {"role": "tool", "tool_call_id": calls[1]["id"], "content": "12:00"},
+            {"role": "tool", "tool_call_id": calls[0]["id"], "content": "18C"}])
+        assert reply.choices[0].message.content.startswith("Done:"), reply
+        assert reply.choices[0].finish_reason == "stop" and not reply.choices[0].message.tool_calls, reply
+        # The Anthropic SDK with thinking and tools on an OpenAI provider.
+        ant_tools = [{"name": "get_weather", "description": "Weather in a city",
+                      "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+        with ant.messages.stream(model="gpt-4o", max_tokens=4096, tools=ant_tools,
+                                 thinking={"type": "enabled", "budget_tokens": 2048},
+                                 messages=[{"role": "user", "content": "weather?"}]) as s:
+            final = s.get_final_message()
+        kinds = [b.type for b in final.content]
+        assert kinds == ["thinking", "text", "tool_use"], kinds
+        assert final.content[0].thinking == "Thinking it over.", final
+        use = final.content[2]
+        assert use.name == "get_weather" and use.input == {"city": "mock city"}, use
+        assert final.stop_reason == "tool_use", final
+        msg = ant.messages.create(model="gpt-4o", max_tokens=256, tools=ant_tools, messages=[
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": [{"type": "text", "text": "Let me check."},
+                                              {"type": "tool_use", "id": use.id, "name": use.name, "input": use.input}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "18C"}]}])
+        assert msg.content[0].text.startswith("Done:") and msg.stop_reason == "end_turn", msg
+        print("sdk e2e: 15 passed, 0 failed")
     finally:
         for p in procs:
             p.terminate()

@@ -26,6 +26,9 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 
+#[path = "mock_turns.rs"]
+mod turns;
+
 /// What the mock does for one request.
 #[derive(Clone, Debug)]
 pub struct Reply {
@@ -418,9 +421,29 @@ fn generate(path: &str, request: &Value, reply: &Reply) -> Value {
     let words = reply.chunks.max(1);
     let text: String = (0..words).map(|i| format!("tok{i} ")).collect();
     if path.ends_with("/chat/completions") {
+        let turn = turns::plan(path, request, text);
+        let mut message = json!({"role": "assistant", "content": turn.text});
+        if let Some(t) = &turn.thinking {
+            message["reasoning_content"] = json!(t);
+        }
+        if !turn.calls.is_empty() {
+            message["tool_calls"] = turn
+                .calls
+                .iter()
+                .map(|c| {
+                    json!({"id": c.id, "type": "function",
+                "function": {"name": c.name, "arguments": c.args}})
+                })
+                .collect();
+        }
+        let finish = if turn.calls.is_empty() {
+            "stop"
+        } else {
+            "tool_calls"
+        };
         json!({
             "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": {"prompt_tokens": 5, "completion_tokens": words, "total_tokens": 5 + words}
         })
     } else if path.ends_with("/completions") {
@@ -436,10 +459,25 @@ fn generate(path: &str, request: &Value, reply: &Reply) -> Value {
             "usage": {"prompt_tokens": 3, "total_tokens": 3}
         })
     } else if path.ends_with("/messages") {
+        let turn = turns::plan(path, request, text);
+        let mut content = Vec::new();
+        if let Some(t) = &turn.thinking {
+            content.push(json!({"type": "thinking", "thinking": t, "signature": "mock-signature"}));
+        }
+        content.push(json!({"type": "text", "text": turn.text}));
+        for c in &turn.calls {
+            let input: Value = serde_json::from_str(&c.args).unwrap_or(json!({}));
+            content.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}));
+        }
+        let stop = if turn.calls.is_empty() {
+            "end_turn"
+        } else {
+            "tool_use"
+        };
         json!({
             "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn", "stop_sequence": null,
+            "content": content,
+            "stop_reason": stop, "stop_sequence": null,
             "usage": {"input_tokens": 5, "output_tokens": words}
         })
     } else if path.ends_with("/models") {
@@ -449,42 +487,107 @@ fn generate(path: &str, request: &Value, reply: &Reply) -> Value {
     }
 }
 
+/// A string cut in two at a character boundary near its middle (fragments, as models send).
+fn halves(s: &str) -> (&str, &str) {
+    let mut mid = s.len() / 2;
+    while !s.is_char_boundary(mid) {
+        mid -= 1;
+    }
+    s.split_at(mid)
+}
+
 /// The SSE events for a streamed response, in order.
 fn stream_events(path: &str, request: &Value, chunks: usize) -> Vec<String> {
     let model = model_of(request);
-    let mut out = Vec::with_capacity(chunks + 6);
+    let tokens: Vec<String> = (0..chunks).map(|i| format!("tok{i} ")).collect();
+    let turn = turns::plan(path, request, tokens.concat());
+    // A plain answer streams token by token; a turn with tool calls says its line at once.
+    let text_pieces = if turn.calls.is_empty() && !turn.text.starts_with("Done") {
+        tokens
+    } else {
+        vec![turn.text.clone()]
+    };
+    let mut out = Vec::with_capacity(chunks + 12);
     if path.ends_with("/messages") {
         let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
         out.push(ev("message_start", json!({"type": "message_start", "message": {
             "id": "msg_mock", "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 5, "output_tokens": 0}}})));
-        out.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
-        for i in 0..chunks {
-            out.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!("tok{i} ")}})));
+        let mut index = 0;
+        if let Some(t) = &turn.thinking {
+            out.push(ev("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": {"type": "thinking", "thinking": "", "signature": ""}})));
+            out.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": t}})));
+            out.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "signature_delta", "signature": "mock-signature"}})));
+            out.push(ev(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            ));
+            index += 1;
+        }
+        out.push(ev("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}})));
+        for piece in &text_pieces {
+            out.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}})));
         }
         out.push(ev(
             "content_block_stop",
-            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "content_block_stop", "index": index}),
         ));
-        out.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": chunks}})));
+        for c in &turn.calls {
+            index += 1;
+            out.push(ev("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}})));
+            let (a, b) = halves(&c.args);
+            for part in [a, b] {
+                out.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": part}})));
+            }
+            out.push(ev(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            ));
+        }
+        let stop = if turn.calls.is_empty() {
+            "end_turn"
+        } else {
+            "tool_use"
+        };
+        out.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": chunks}})));
         out.push(ev("message_stop", json!({"type": "message_stop"})));
     } else {
         let chat = path.ends_with("/chat/completions");
-        for i in 0..chunks {
-            let choice = if chat {
-                json!({"index": 0, "delta": {"content": format!("tok{i} ")}, "finish_reason": null})
-            } else {
-                json!({"index": 0, "text": format!("tok{i} "), "finish_reason": null})
-            };
-            let obj = if chat {
-                "chat.completion.chunk"
-            } else {
-                "text_completion"
-            };
-            out.push(format!("data: {}\n\n", json!({"id": "chatcmpl-mock", "object": obj, "created": 0, "model": model, "choices": [choice]})));
+        let obj = if chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
+        let chunk = |choice: Value| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "chatcmpl-mock", "object": obj, "created": 0, "model": model, "choices": [choice]})
+            )
+        };
+        if let (true, Some(t)) = (chat, &turn.thinking) {
+            out.push(chunk(json!({"index": 0, "delta": {"role": "assistant", "reasoning_content": t}, "finish_reason": null})));
         }
+        for piece in &text_pieces {
+            out.push(chunk(if chat {
+                json!({"index": 0, "delta": {"content": piece}, "finish_reason": null})
+            } else {
+                json!({"index": 0, "text": piece, "finish_reason": null})
+            }));
+        }
+        for (i, c) in turn.calls.iter().enumerate().filter(|_| chat) {
+            out.push(chunk(json!({"index": 0, "delta": {"tool_calls": [{"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": ""}}]}, "finish_reason": null})));
+            let (a, b) = halves(&c.args);
+            for part in [a, b] {
+                out.push(chunk(json!({"index": 0, "delta": {"tool_calls": [{"index": i, "function": {"arguments": part}}]}, "finish_reason": null})));
+            }
+        }
+        let finish = if turn.calls.is_empty() {
+            "stop"
+        } else {
+            "tool_calls"
+        };
         let mut last = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+            "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]});
         if request["stream_options"]["include_usage"] == Value::Bool(true) {
             last["usage"] = json!({"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks});
         }

@@ -1,0 +1,129 @@
+//! The turn the mock model plays. Like a real model it calls tools only when the client
+//! offered some and the conversation does not end with their results: then it calls the
+//! first two offered tools at once (one if only one was offered), with arguments built
+//! from each tool's schema. It thinks first when asked to (Anthropic `thinking`, OpenAI
+//! `reasoning_effort`). Otherwise it answers with text.
+
+use serde_json::{json, Map, Value};
+
+pub struct Turn {
+    pub thinking: Option<String>,
+    pub text: String,
+    pub calls: Vec<Call>,
+}
+
+pub struct Call {
+    pub id: String,
+    pub name: String,
+    /// The arguments as JSON text.
+    pub args: String,
+}
+
+/// Plans the reply to `request` on `path`; `text` is what a plain answer would say.
+pub fn plan(path: &str, request: &Value, text: String) -> Turn {
+    let anthropic = path.ends_with("/messages");
+    let thinking = if anthropic {
+        matches!(
+            request["thinking"]["type"].as_str(),
+            Some("enabled" | "adaptive")
+        )
+    } else {
+        request["reasoning_effort"]
+            .as_str()
+            .is_some_and(|e| e != "none")
+    };
+    let thinking = thinking.then(|| "Thinking it over.".to_string());
+    let offered: Vec<(String, Value)> = request["tools"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|t| {
+            let (name, schema) = if anthropic {
+                if t.get("type").is_some_and(|ty| ty != "custom") {
+                    return None; // server tools run at Anthropic, not in the model's reply
+                }
+                (t["name"].as_str()?, &t["input_schema"])
+            } else {
+                (
+                    t["function"]["name"].as_str()?,
+                    &t["function"]["parameters"],
+                )
+            };
+            Some((name.to_string(), schema.clone()))
+        })
+        .collect();
+    let answered = last_is_tool_result(request, anthropic);
+    if offered.is_empty() || answered {
+        return Turn {
+            thinking,
+            text: if answered {
+                format!("Done: {text}")
+            } else {
+                text
+            },
+            calls: Vec::new(),
+        };
+    }
+    let prefix = if anthropic {
+        "toolu_mock_"
+    } else {
+        "call_mock_"
+    };
+    let calls = offered
+        .iter()
+        .take(2)
+        .enumerate()
+        .map(|(i, (name, schema))| Call {
+            id: format!("{prefix}{i}"),
+            name: name.clone(),
+            args: arguments(schema).to_string(),
+        })
+        .collect();
+    Turn {
+        thinking,
+        text: "Let me check.".into(),
+        calls,
+    }
+}
+
+fn last_is_tool_result(request: &Value, anthropic: bool) -> bool {
+    let Some(last) = request["messages"].as_array().and_then(|m| m.last()) else {
+        return false;
+    };
+    if anthropic {
+        last["content"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"))
+    } else {
+        last["role"] == "tool"
+    }
+}
+
+/// Arguments that satisfy a JSON schema's required properties (all properties when none
+/// are marked required).
+fn arguments(schema: &Value) -> Value {
+    let props = schema["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let required: Vec<String> = match schema["required"].as_array() {
+        Some(r) => r
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect(),
+        None => props.keys().cloned().collect(),
+    };
+    let mut out = Map::new();
+    for name in required {
+        let value = match props.get(&name).and_then(|p| p["type"].as_str()) {
+            Some("integer" | "number") => json!(1),
+            Some("boolean") => json!(true),
+            Some("array") => json!([]),
+            Some("object") => json!({}),
+            _ => json!(format!("mock {name}")),
+        };
+        out.insert(name, value);
+    }
+    Value::Object(out)
+}
