@@ -333,6 +333,7 @@ impl Admin {
             Some("completions") => ApiFormat::OpenAiCompletions,
             Some("embeddings") => ApiFormat::OpenAiEmbeddings,
             Some("messages") => ApiFormat::AnthropicMessages,
+            Some("messages.count_tokens") => ApiFormat::AnthropicCountTokens,
             Some(_) => {
                 return error(
                     StatusCode::BAD_REQUEST,

@@ -213,6 +213,7 @@ fn explain(
         "completions" => ApiFormat::OpenAiCompletions,
         "embeddings" => ApiFormat::OpenAiEmbeddings,
         "messages" => ApiFormat::AnthropicMessages,
+        "messages.count_tokens" => ApiFormat::AnthropicCountTokens,
         other => anyhow::bail!(
             "unknown endpoint `{other}`; use chat.completions, completions, embeddings or messages"
         ),

@@ -16,6 +16,8 @@ pub enum ApiFormat {
     OpenAiEmbeddings,
     /// `POST /v1/messages` (Anthropic Messages)
     AnthropicMessages,
+    /// `POST /v1/messages/count_tokens` (Anthropic token counting)
+    AnthropicCountTokens,
 }
 
 impl ApiFormat {
@@ -26,13 +28,16 @@ impl ApiFormat {
             ApiFormat::OpenAiCompletions => "/completions",
             ApiFormat::OpenAiEmbeddings => "/embeddings",
             ApiFormat::AnthropicMessages => "/messages",
+            ApiFormat::AnthropicCountTokens => "/messages/count_tokens",
         }
     }
 
     /// Whether a provider of `kind` accepts this format without translation.
     pub fn spoken_by(self, kind: ProviderKind) -> bool {
         match self {
-            ApiFormat::AnthropicMessages => kind == ProviderKind::Anthropic,
+            ApiFormat::AnthropicMessages | ApiFormat::AnthropicCountTokens => {
+                kind == ProviderKind::Anthropic
+            }
             _ => kind != ProviderKind::Anthropic,
         }
     }
@@ -40,7 +45,7 @@ impl ApiFormat {
     /// The error and stream-terminator dialect clients of this format expect.
     pub fn dialect(self) -> Dialect {
         match self {
-            ApiFormat::AnthropicMessages => Dialect::Anthropic,
+            ApiFormat::AnthropicMessages | ApiFormat::AnthropicCountTokens => Dialect::Anthropic,
             _ => Dialect::OpenAi,
         }
     }
@@ -51,6 +56,7 @@ impl ApiFormat {
             ApiFormat::OpenAiCompletions => "completions",
             ApiFormat::OpenAiEmbeddings => "embeddings",
             ApiFormat::AnthropicMessages => "messages",
+            ApiFormat::AnthropicCountTokens => "messages.count_tokens",
         }
     }
 }

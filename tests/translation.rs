@@ -416,3 +416,55 @@ async fn an_anthropic_client_gets_a_well_formed_event_stream() {
         true
     );
 }
+
+#[tokio::test]
+async fn count_tokens_is_passed_to_anthropic_and_estimated_elsewhere() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::builder()
+        .provider(
+            "anthropic",
+            "anthropic",
+            &mock.base_url(),
+            &["claude-sonnet-4-5"],
+            &["sk-ant-ct"],
+        )
+        .provider(
+            "deepseek",
+            "openai-compatible",
+            &mock.base_url(),
+            &["deepseek-chat"],
+            &["sk-ds-ct"],
+        )
+        .start()
+        .await;
+    let body = |model: &str| {
+        json!({"model": model, "system": "s".repeat(40),
+               "messages": [{"role": "user", "content": "x".repeat(400)}]})
+    };
+    let resp = proxy
+        .post("/v1/messages/count_tokens")
+        .json(&body("claude-sonnet-4-5"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-keyway-token-count").is_none());
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["input_tokens"], 42, "the provider's own count");
+    assert_eq!(mock.received()[0].path, "/v1/messages/count_tokens");
+    let resp = proxy
+        .post("/v1/messages/count_tokens")
+        .json(&body("deepseek-chat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-keyway-token-count"], "estimated");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["input_tokens"], 110, "(40 + 400) bytes / 4");
+    assert_eq!(
+        mock.received().len(),
+        1,
+        "an estimate never reaches an upstream"
+    );
+}

@@ -203,6 +203,7 @@ fn run_case(config: &Config, source: &Arc<str>, text: &str, case: &Case) -> Resu
         Some("completions") => ApiFormat::OpenAiCompletions,
         Some("embeddings") => ApiFormat::OpenAiEmbeddings,
         Some("messages") => ApiFormat::AnthropicMessages,
+        Some("messages.count_tokens") => ApiFormat::AnthropicCountTokens,
         Some(other) => return Err(format!("unknown endpoint `{other}`")),
     };
     let req = ExplainRequest {

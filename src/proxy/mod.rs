@@ -272,9 +272,16 @@ impl Proxy {
             Ok(c) => c,
             Err(e) => ctx.on_policy_error(e, || policy.default_route(&parsed.model))?,
         };
-        let targets = policy
-            .router()
-            .targets(&candidates, format, &parsed.model)?;
+        let targets = match policy.router().targets(&candidates, format, &parsed.model) {
+            // Token counting exists only at Anthropic; for a model served elsewhere Keyway
+            // answers an estimate rather than a 404 (clients retry those in a loop).
+            Err(crate::routing::RouteError::FormatMismatch { .. })
+                if format == crate::format::ApiFormat::AnthropicCountTokens =>
+            {
+                return Ok(models::count_tokens_estimate(parsed.raw()));
+            }
+            r => r?,
+        };
         match ctx.run(&targets, &mut log.attempts).await {
             Ok(resp) => Ok(resp),
             Err(Err(e)) => Err(e),

@@ -37,6 +37,9 @@ pub fn endpoint(method: &Method, path: &str) -> Result<Endpoint, ProxyError> {
         "/v1/completions" => (Endpoint::Api(ApiFormat::OpenAiCompletions), Method::POST),
         "/v1/embeddings" => (Endpoint::Api(ApiFormat::OpenAiEmbeddings), Method::POST),
         "/v1/messages" => (Endpoint::Api(ApiFormat::AnthropicMessages), Method::POST),
+        "/v1/messages/count_tokens" => {
+            (Endpoint::Api(ApiFormat::AnthropicCountTokens), Method::POST)
+        }
         "/v1/models" => (Endpoint::Models, Method::GET),
         _ => return Err(ProxyError::NotFound(path.to_string())),
     };
