@@ -6,16 +6,15 @@
 //! upstream `error` event, or an end before `message_stop`, ends the client's stream with
 //! an error chunk and never with a finish chunk that claims success.
 //!
-//! [`AnthropicToChat::push`] takes whole upstream bytes (any chunking: events are framed
-//! here) and returns the client bytes they produce.
+//! Driven as a [`super::StreamTranslator`]: upstream bytes in (any chunking), client bytes
+//! out.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
+
+use super::sse::{EventMachine, EventReader};
 use serde_json::{json, Value};
 
 use super::{chat_usage_from_anthropic, finish_reason_from_anthropic};
-
-/// Largest upstream event held while incomplete (the relay caps events before this).
-const MAX_EVENT: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Block {
@@ -32,9 +31,7 @@ enum Block {
 
 /// The state of one translated stream.
 pub struct AnthropicToChat {
-    pending: BytesMut,
-    /// Bytes of `pending` already searched for an event end (less a 3-byte overlap).
-    scanned: usize,
+    events: EventReader,
     id: String,
     model: String,
     created: u64,
@@ -54,8 +51,7 @@ impl AnthropicToChat {
     /// `include_usage`: the client sent `stream_options.include_usage: true`.
     pub fn new(created: u64, include_usage: bool) -> Self {
         Self {
-            pending: BytesMut::new(),
-            scanned: 0,
+            events: EventReader::default(),
             id: String::new(),
             model: String::new(),
             created,
@@ -72,64 +68,11 @@ impl AnthropicToChat {
         }
     }
 
-    /// True once the stream ended (normally or with an error); later input is ignored.
-    pub fn is_finished(&self) -> bool {
-        self.finished
-    }
-
-    /// Feeds upstream bytes; returns the client bytes they complete (possibly empty).
-    pub fn push(&mut self, data: &[u8]) -> Bytes {
-        let mut out = BytesMut::new();
-        if self.finished {
-            return out.freeze();
-        }
-        self.pending.extend_from_slice(data);
-        while let Some((end, sep)) = event_end(&self.pending, self.scanned.saturating_sub(3)) {
-            let event = self.pending.split_to(end + sep);
-            self.scanned = 0;
-            self.event(&event[..end], &mut out);
-            if self.finished {
-                self.pending.clear();
-                break;
-            }
-        }
-        self.scanned = self.pending.len();
-        if self.pending.len() > MAX_EVENT {
-            self.fail("upstream event too large", &mut out);
-        }
-        out.freeze()
-    }
-
-    /// The upstream body ended: if `message_stop` never came, the client gets an error.
-    pub fn finish(&mut self) -> Bytes {
-        let mut out = BytesMut::new();
-        if !self.finished {
-            if !self.pending.is_empty() {
-                let rest = std::mem::take(&mut self.pending);
-                self.event(&rest, &mut out);
-            }
-            if !self.finished {
-                self.fail("upstream stream ended before message_stop", &mut out);
-            }
-        }
-        out.freeze()
-    }
-
-    fn event(&mut self, raw: &[u8], out: &mut BytesMut) {
-        let mut data = Vec::new();
-        for line in raw.split(|b| *b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if let Some(d) = line.strip_prefix(b"data:") {
-                if !data.is_empty() {
-                    data.push(b'\n');
-                }
-                data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
-            }
-        }
+    fn event(&mut self, data: &[u8], out: &mut BytesMut) {
         if data.is_empty() {
             return; // comments, pings without data
         }
-        let Ok(ev) = serde_json::from_slice::<Value>(&data) else {
+        let Ok(ev) = serde_json::from_slice::<Value>(data) else {
             return self.fail("upstream sent an event that is not JSON", out);
         };
         match ev["type"].as_str().unwrap_or("") {
@@ -309,6 +252,25 @@ impl AnthropicToChat {
     }
 }
 
+impl EventMachine for AnthropicToChat {
+    fn reader(&mut self) -> &mut EventReader {
+        &mut self.events
+    }
+    fn is_done(&self) -> bool {
+        self.finished
+    }
+    fn on_event(&mut self, data: &[u8], out: &mut BytesMut) {
+        self.event(data, out);
+    }
+    /// `message_stop` never came: the client gets an error, not a success.
+    fn on_end(&mut self, out: &mut BytesMut) {
+        self.fail("upstream stream ended before message_stop", out);
+    }
+    fn on_fail(&mut self, message: &str, out: &mut BytesMut) {
+        self.fail(message, out);
+    }
+}
+
 fn sse(out: &mut BytesMut, v: &Value) {
     out.put_slice(b"data: ");
     // Writing JSON into a BytesMut cannot fail.
@@ -316,24 +278,10 @@ fn sse(out: &mut BytesMut, v: &Value) {
     out.put_slice(b"\n\n");
 }
 
-/// The first event end in `buf` at or after `from`: (index of the blank line, separator
-/// length).
-fn event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
-    let mut i = from;
-    while i + 1 < buf.len() {
-        match (buf[i], buf[i + 1]) {
-            (b'\n', b'\n') => return Some((i, 2)),
-            (b'\r', b'\n') if buf[i + 2..].starts_with(b"\r\n") => return Some((i, 4)),
-            (b'\r', b'\r') => return Some((i, 2)),
-            _ => i += 1,
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::translate::StreamTranslator;
     use proptest::prelude::*;
 
     /// Pieces of real Anthropic events, junk, and framing, in any order.

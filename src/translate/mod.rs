@@ -12,6 +12,7 @@ pub mod anthropic_stream;
 pub mod chat_messages;
 pub mod messages_chat;
 pub mod openai_stream;
+mod sse;
 
 use crate::config::ProviderKind;
 use crate::format::ApiFormat;
@@ -147,30 +148,6 @@ pub trait StreamTranslator: Send {
     fn finish(&mut self) -> bytes::Bytes;
     /// True once the client's stream has its terminal event.
     fn is_finished(&self) -> bool;
-}
-
-impl StreamTranslator for openai_stream::OpenAiToAnthropic {
-    fn push(&mut self, data: &[u8]) -> bytes::Bytes {
-        openai_stream::OpenAiToAnthropic::push(self, data)
-    }
-    fn finish(&mut self) -> bytes::Bytes {
-        openai_stream::OpenAiToAnthropic::finish(self)
-    }
-    fn is_finished(&self) -> bool {
-        openai_stream::OpenAiToAnthropic::is_finished(self)
-    }
-}
-
-impl StreamTranslator for anthropic_stream::AnthropicToChat {
-    fn push(&mut self, data: &[u8]) -> bytes::Bytes {
-        anthropic_stream::AnthropicToChat::push(self, data)
-    }
-    fn finish(&mut self) -> bytes::Bytes {
-        anthropic_stream::AnthropicToChat::finish(self)
-    }
-    fn is_finished(&self) -> bool {
-        anthropic_stream::AnthropicToChat::is_finished(self)
-    }
 }
 
 /// Header listing the client fields a translated route dropped.

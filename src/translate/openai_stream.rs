@@ -9,12 +9,13 @@
 //! reason and the usage chunk, or for `[DONE]`. An upstream error, or an end without
 //! a finish, gives `event: error` and no `message_stop`.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
+
+use super::sse::{EventMachine, EventReader};
 use serde_json::{json, Value};
 
 use super::messages_chat::{anthropic_usage, reasoning_text, stop_reason};
 
-const MAX_EVENT: usize = 16 * 1024 * 1024;
 /// Marks signatures Keyway made up for thinking that came without one (strict SDK types
 /// want a string); they are never sent to Anthropic.
 pub const SYNTHETIC_SIGNATURE: &str = "kw1:unsigned";
@@ -38,8 +39,7 @@ struct Tool {
 }
 
 pub struct OpenAiToAnthropic {
-    pending: BytesMut,
-    scanned: usize,
+    events: EventReader,
     model: String,
     started: bool,
     next_block: usize,
@@ -54,8 +54,7 @@ impl OpenAiToAnthropic {
     /// `model`: the name the client asked for, echoed in `message_start`.
     pub fn new(model: &str) -> Self {
         Self {
-            pending: BytesMut::new(),
-            scanned: 0,
+            events: EventReader::default(),
             model: model.to_string(),
             started: false,
             next_block: 0,
@@ -67,68 +66,14 @@ impl OpenAiToAnthropic {
         }
     }
 
-    pub fn is_finished(&self) -> bool {
-        self.finished
-    }
-
-    pub fn push(&mut self, data: &[u8]) -> Bytes {
-        let mut out = BytesMut::new();
-        if self.finished {
-            return out.freeze();
-        }
-        self.pending.extend_from_slice(data);
-        while let Some((end, sep)) = event_end(&self.pending, self.scanned.saturating_sub(3)) {
-            let event = self.pending.split_to(end + sep);
-            self.scanned = 0;
-            self.event(&event[..end], &mut out);
-            if self.finished {
-                self.pending.clear();
-                break;
-            }
-        }
-        self.scanned = self.pending.len();
-        if self.pending.len() > MAX_EVENT {
-            self.fail("upstream event too large", &mut out);
-        }
-        out.freeze()
-    }
-
-    pub fn finish(&mut self) -> Bytes {
-        let mut out = BytesMut::new();
-        if !self.finished {
-            if !self.pending.is_empty() {
-                let rest = std::mem::take(&mut self.pending);
-                self.event(&rest, &mut out);
-            }
-            if !self.finished {
-                if self.finish.is_some() {
-                    self.tail(&mut out); // a finish reason but no [DONE]: still whole
-                } else {
-                    self.fail("upstream stream ended before its finish", &mut out);
-                }
-            }
-        }
-        out.freeze()
-    }
-
-    fn event(&mut self, raw: &[u8], out: &mut BytesMut) {
-        let mut data = Vec::new();
-        for line in raw.split(|b| *b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if let Some(d) = line.strip_prefix(b"data:") {
-                if !data.is_empty() {
-                    data.push(b'\n');
-                }
-                data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
-            }
-        }
+    fn event(&mut self, data: &[u8], out: &mut BytesMut) {
         if data.is_empty() {
             return;
         }
         if data == b"[DONE]" {
             return self.tail(out);
         }
-        let Ok(chunk) = serde_json::from_slice::<Value>(&data) else {
+        let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
             return self.fail("upstream sent a chunk that is not JSON", out);
         };
         if let Some(err) = chunk.get("error").filter(|e| !e.is_null()) {
@@ -368,6 +313,29 @@ impl OpenAiToAnthropic {
     }
 }
 
+impl EventMachine for OpenAiToAnthropic {
+    fn reader(&mut self) -> &mut EventReader {
+        &mut self.events
+    }
+    fn is_done(&self) -> bool {
+        self.finished
+    }
+    fn on_event(&mut self, data: &[u8], out: &mut BytesMut) {
+        self.event(data, out);
+    }
+    /// A finish reason without `[DONE]` is still a whole answer; no finish is an error.
+    fn on_end(&mut self, out: &mut BytesMut) {
+        if self.finish.is_some() {
+            self.tail(out);
+        } else {
+            self.fail("upstream stream ended before its finish", out);
+        }
+    }
+    fn on_fail(&mut self, message: &str, out: &mut BytesMut) {
+        self.fail(message, out);
+    }
+}
+
 fn stop(out: &mut BytesMut, i: usize) {
     emit(
         out,
@@ -384,22 +352,10 @@ fn emit(out: &mut BytesMut, event: &str, data: &Value) {
     out.put_slice(b"\n\n");
 }
 
-fn event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
-    let mut i = from;
-    while i + 1 < buf.len() {
-        match (buf[i], buf[i + 1]) {
-            (b'\n', b'\n') => return Some((i, 2)),
-            (b'\r', b'\n') if buf[i + 2..].starts_with(b"\r\n") => return Some((i, 4)),
-            (b'\r', b'\r') => return Some((i, 2)),
-            _ => i += 1,
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::translate::StreamTranslator;
     use proptest::prelude::*;
 
     fn upstream() -> impl Strategy<Value = Vec<u8>> {
