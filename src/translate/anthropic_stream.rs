@@ -32,6 +32,8 @@ enum Block {
 /// The state of one translated stream.
 pub struct AnthropicToChat {
     events: EventReader,
+    /// The start of every chunk (id, created, model) once known.
+    prefix: Option<String>,
     id: String,
     model: String,
     created: u64,
@@ -52,6 +54,7 @@ impl AnthropicToChat {
     pub fn new(created: u64, include_usage: bool) -> Self {
         Self {
             events: EventReader::default(),
+            prefix: None,
             id: String::new(),
             model: String::new(),
             created,
@@ -72,6 +75,20 @@ impl AnthropicToChat {
         if data.is_empty() {
             return; // comments, pings without data
         }
+        // Most events are deltas: read them into borrowed fields, not a whole `Value`.
+        if let Ok(fast) = serde_json::from_slice::<FastDelta<'_>>(data) {
+            if fast.kind == "content_block_delta" {
+                let d = &fast.delta;
+                let delta = Delta {
+                    kind: &d.kind,
+                    text: d.text.as_deref(),
+                    thinking: d.thinking.as_deref(),
+                    signature: d.signature.as_deref(),
+                    partial_json: d.partial_json.as_deref(),
+                };
+                return self.delta(fast.index, &delta, out);
+            }
+        }
         let Ok(ev) = serde_json::from_slice::<Value>(data) else {
             return self.fail("upstream sent an event that is not JSON", out);
         };
@@ -80,6 +97,7 @@ impl AnthropicToChat {
                 let m = &ev["message"];
                 self.id = m["id"].as_str().unwrap_or("").to_string();
                 self.model = m["model"].as_str().unwrap_or("").to_string();
+                self.prefix = None;
                 self.usage(&m["usage"]);
                 self.role(out);
             }
@@ -114,42 +132,15 @@ impl AnthropicToChat {
                 }
             }
             "content_block_delta" => {
-                let at = ev["index"].as_u64().unwrap_or(0) as usize;
                 let d = &ev["delta"];
-                match (self.blocks.get(at).copied(), d["type"].as_str()) {
-                    (Some(Block::Text), Some("text_delta")) => {
-                        if let Some(t) = d["text"].as_str().filter(|t| !t.is_empty()) {
-                            self.role(out);
-                            self.chunk(out, json!({"content": t}), None);
-                        }
-                    }
-                    (Some(Block::Thinking), Some("thinking_delta")) => {
-                        if let Some(t) = d["thinking"].as_str().filter(|t| !t.is_empty()) {
-                            self.role(out);
-                            self.chunk(out, json!({"reasoning_content": t}), None);
-                        }
-                    }
-                    (Some(Block::Thinking), Some("signature_delta")) => {
-                        if let Some(s) = d["signature"].as_str() {
-                            self.chunk(
-                                out,
-                                json!({"reasoning_details": [{"type": "reasoning.text", "text": "", "signature": s}]}),
-                                None,
-                            );
-                        }
-                    }
-                    (Some(Block::Tool { index, .. }), Some("input_json_delta")) => {
-                        if let Some(p) = d["partial_json"].as_str().filter(|p| !p.is_empty()) {
-                            self.blocks[at] = Block::Tool { index, args: true };
-                            self.chunk(
-                                out,
-                                json!({"tool_calls": [{"index": index, "function": {"arguments": p}}]}),
-                                None,
-                            );
-                        }
-                    }
-                    _ => {}
-                }
+                let delta = Delta {
+                    kind: d["type"].as_str().unwrap_or(""),
+                    text: d["text"].as_str(),
+                    thinking: d["thinking"].as_str(),
+                    signature: d["signature"].as_str(),
+                    partial_json: d["partial_json"].as_str(),
+                };
+                self.delta(ev["index"].as_u64().unwrap_or(0) as usize, &delta, out);
             }
             "content_block_stop" => {
                 let at = ev["index"].as_u64().unwrap_or(0) as usize;
@@ -197,6 +188,70 @@ impl AnthropicToChat {
             }
             _ => {} // ping and future event types
         }
+    }
+
+    /// One `content_block_delta`, for the block at Anthropic index `at`.
+    fn delta(&mut self, at: usize, d: &Delta<'_>, out: &mut BytesMut) {
+        match (self.blocks.get(at).copied(), d.kind) {
+            (Some(Block::Text), "text_delta") => {
+                if let Some(t) = d.text.filter(|t| !t.is_empty()) {
+                    self.role(out);
+                    self.string_delta(out, "content", t);
+                }
+            }
+            (Some(Block::Thinking), "thinking_delta") => {
+                if let Some(t) = d.thinking.filter(|t| !t.is_empty()) {
+                    self.role(out);
+                    self.string_delta(out, "reasoning_content", t);
+                }
+            }
+            (Some(Block::Thinking), "signature_delta") => {
+                if let Some(s) = d.signature {
+                    self.chunk(
+                        out,
+                        json!({"reasoning_details": [{"type": "reasoning.text", "text": "", "signature": s}]}),
+                        None,
+                    );
+                }
+            }
+            (Some(Block::Tool { index, .. }), "input_json_delta") => {
+                if let Some(p) = d.partial_json.filter(|p| !p.is_empty()) {
+                    self.blocks[at] = Block::Tool { index, args: true };
+                    self.chunk(
+                        out,
+                        json!({"tool_calls": [{"index": index, "function": {"arguments": p}}]}),
+                        None,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A chunk whose delta is one string field, written without building a `Value`
+    /// (the same bytes [`chunk`](Self::chunk) would write).
+    fn string_delta(&mut self, out: &mut BytesMut, field: &str, value: &str) {
+        if self.prefix.is_none() {
+            let mut p = String::from("{\"id\":");
+            p.push_str(&Value::from(self.id.as_str()).to_string());
+            p.push_str(",\"object\":\"chat.completion.chunk\",\"created\":");
+            p.push_str(&self.created.to_string());
+            p.push_str(",\"model\":");
+            p.push_str(&Value::from(self.model.as_str()).to_string());
+            p.push_str(",\"choices\":[{\"index\":0,\"delta\":");
+            self.prefix = Some(p);
+        }
+        out.put_slice(b"data: ");
+        out.put_slice(self.prefix.as_deref().unwrap_or("").as_bytes());
+        out.put_slice(b"{\"");
+        out.put_slice(field.as_bytes());
+        out.put_slice(b"\":");
+        let _ = serde_json::to_writer((&mut *out).writer(), value);
+        out.put_slice(b"},\"logprobs\":null,\"finish_reason\":null}]");
+        if self.include_usage {
+            out.put_slice(b",\"usage\":null");
+        }
+        out.put_slice(b"}\n\n");
     }
 
     /// Usage fields present in `u` overwrite what is known (`output_tokens` is cumulative).
@@ -269,6 +324,39 @@ impl EventMachine for AnthropicToChat {
     fn on_fail(&mut self, message: &str, out: &mut BytesMut) {
         self.fail(message, out);
     }
+}
+
+/// A `content_block_delta` as the machine needs it, from a borrowed or a `Value` parse.
+struct Delta<'a> {
+    kind: &'a str,
+    text: Option<&'a str>,
+    thinking: Option<&'a str>,
+    signature: Option<&'a str>,
+    partial_json: Option<&'a str>,
+}
+
+/// The borrowed parse of a delta event (strings with escapes are decoded into `Cow`s).
+#[derive(serde::Deserialize)]
+struct FastDelta<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    index: usize,
+    #[serde(borrow)]
+    delta: FastInner<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct FastInner<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    signature: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    partial_json: Option<std::borrow::Cow<'a, str>>,
 }
 
 fn sse(out: &mut BytesMut, v: &Value) {

@@ -73,6 +73,22 @@ impl OpenAiToAnthropic {
         if data == b"[DONE]" {
             return self.tail(out);
         }
+        // Most chunks carry only text for the open text block: read them into borrowed
+        // fields and write the event directly; anything else takes the general path.
+        if let (Open::Text(i), Ok(fast)) =
+            (self.open, serde_json::from_slice::<FastChunk<'_>>(data))
+        {
+            if let Some(text) = fast.text_only() {
+                if !text.is_empty() {
+                    out.put_slice(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":");
+                    out.put_slice(i.to_string().as_bytes());
+                    out.put_slice(b",\"delta\":{\"type\":\"text_delta\",\"text\":");
+                    let _ = serde_json::to_writer((&mut *out).writer(), text);
+                    out.put_slice(b"}}\n\n");
+                }
+                return;
+            }
+        }
         let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
             return self.fail("upstream sent a chunk that is not JSON", out);
         };
@@ -310,6 +326,57 @@ impl OpenAiToAnthropic {
             "error": {"type": "api_error", "message": message}}),
         );
         self.finished = true;
+    }
+}
+
+/// The borrowed parse of a chunk, enough to tell a text-only one.
+#[derive(serde::Deserialize)]
+struct FastChunk<'a> {
+    #[serde(borrow, default)]
+    choices: Vec<FastChoice<'a>>,
+    #[serde(default)]
+    usage: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct FastChoice<'a> {
+    #[serde(borrow)]
+    delta: FastDelta<'a>,
+    #[serde(default)]
+    finish_reason: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct FastDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    reasoning_content: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    reasoning: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    tool_calls: Option<serde::de::IgnoredAny>,
+}
+
+impl FastChunk<'_> {
+    /// The text, when text is all this chunk carries.
+    fn text_only(&self) -> Option<&str> {
+        let [c] = self.choices.as_slice() else {
+            return None;
+        };
+        let d = &c.delta;
+        let other = self.usage.is_some()
+            || self.error.is_some()
+            || c.finish_reason.is_some()
+            || d.reasoning_content.is_some()
+            || d.reasoning.is_some()
+            || d.tool_calls.is_some();
+        if other {
+            return None;
+        }
+        d.content.as_deref()
     }
 }
 
