@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::logs::Logs;
 use support::net::{assert_closed_by_server, write_all_then_read, BOUND};
+use support::proxy::TestProxyBuilder;
 use support::{chat, chat_stream, MockUpstream, Reply, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,18 +19,20 @@ use tokio::net::{TcpListener, TcpStream};
 const CLIENT_KEY: &str = "kw-client-hardening-0001";
 const UPSTREAM_KEY: &str = "sk-upstream-CANARY-AAAA1111bbbb2222cccc";
 
+/// A client key and one OpenAI provider (key [`UPSTREAM_KEY`]) on `mock`; tests add the
+/// setting they are about.
+fn builder_for(mock: &MockUpstream) -> TestProxyBuilder {
+    TestProxy::builder().client("dev", CLIENT_KEY).provider(
+        "openai",
+        "openai",
+        &mock.base_url(),
+        &["gpt-4o"],
+        &[UPSTREAM_KEY],
+    )
+}
+
 async fn proxy_for(mock: &MockUpstream) -> TestProxy {
-    TestProxy::builder()
-        .client("dev", CLIENT_KEY)
-        .provider(
-            "openai",
-            "openai",
-            &mock.base_url(),
-            &["gpt-4o"],
-            &[UPSTREAM_KEY],
-        )
-        .start()
-        .await
+    builder_for(mock).start().await
 }
 
 /// Sends raw bytes and reads the whole answer (the request should ask to close).
@@ -123,18 +126,7 @@ async fn an_oversized_request_head_gets_431_on_h1() {
 #[tokio::test]
 async fn an_oversized_header_list_gets_431_on_h2() {
     let mock = MockUpstream::start().await;
-    let proxy = TestProxy::builder()
-        .tls()
-        .client("dev", CLIENT_KEY)
-        .provider(
-            "openai",
-            "openai",
-            &mock.base_url(),
-            &["gpt-4o"],
-            &[UPSTREAM_KEY],
-        )
-        .start()
-        .await;
+    let proxy = builder_for(&mock).tls().start().await;
     let resp = proxy
         .http()
         .post(proxy.url("/v1/chat/completions"))
@@ -184,16 +176,8 @@ async fn an_sse_event_past_the_limit_ends_the_stream_with_an_error_event() {
     frames.extend(std::iter::repeat_n("x".repeat(64 * 1024), 8));
     frames.push("\n\ndata: [DONE]\n\n".to_string());
     mock.push(Reply::ok().frames(frames));
-    let proxy = TestProxy::builder()
-        .client("dev", CLIENT_KEY)
+    let proxy = builder_for(&mock)
         .server("max_sse_event_bytes", "16384")
-        .provider(
-            "openai",
-            "openai",
-            &mock.base_url(),
-            &["gpt-4o"],
-            &[UPSTREAM_KEY],
-        )
         .start()
         .await;
     let resp = proxy
@@ -225,16 +209,8 @@ async fn an_sse_event_past_the_limit_ends_the_stream_with_an_error_event() {
 async fn an_absurd_retry_after_is_capped_for_locks_and_for_clients() {
     let mock = MockUpstream::start().await;
     mock.push(Reply::status(429).header("retry-after", "99999999999"));
-    let proxy = TestProxy::builder()
-        .client("dev", CLIENT_KEY)
+    let proxy = builder_for(&mock)
         .admin(Some("admin-token-hardening"), false)
-        .provider(
-            "openai",
-            "openai",
-            &mock.base_url(),
-            &["gpt-4o"],
-            &[UPSTREAM_KEY],
-        )
         .start()
         .await;
     let resp = proxy
@@ -276,16 +252,8 @@ async fn a_quota_reset_hint_is_capped_at_max_quota_wait() {
     let body =
         r#"{"error":{"message":"You exceeded your current quota","code":"insufficient_quota"}}"#;
     mock.push(Reply::status(429).body(body).header("retry-after", "1e300"));
-    let proxy = TestProxy::builder()
-        .client("dev", CLIENT_KEY)
+    let proxy = builder_for(&mock)
         .policy_setting("max_quota_wait", "\"2h\"")
-        .provider(
-            "openai",
-            "openai",
-            &mock.base_url(),
-            &["gpt-4o"],
-            &[UPSTREAM_KEY],
-        )
         .start()
         .await;
     let resp = proxy
@@ -324,18 +292,7 @@ async fn an_early_401_is_readable_by_a_client_that_writes_the_whole_body_first()
 #[tokio::test]
 async fn an_early_413_is_readable_by_a_client_that_writes_the_whole_body_first() {
     let mock = MockUpstream::start().await;
-    let proxy = TestProxy::builder()
-        .client("dev", CLIENT_KEY)
-        .max_body(1 << 20)
-        .provider(
-            "openai",
-            "openai",
-            &mock.base_url(),
-            &["gpt-4o"],
-            &[UPSTREAM_KEY],
-        )
-        .start()
-        .await;
+    let proxy = builder_for(&mock).max_body(1 << 20).start().await;
     let body = vec![b'a'; 16 << 20];
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\
@@ -349,18 +306,7 @@ async fn an_early_413_is_readable_by_a_client_that_writes_the_whole_body_first()
 #[tokio::test]
 async fn an_early_401_over_h2_is_readable_by_curl() {
     let mock = MockUpstream::start().await;
-    let proxy = TestProxy::builder()
-        .tls()
-        .client("dev", CLIENT_KEY)
-        .provider(
-            "openai",
-            "openai",
-            &mock.base_url(),
-            &["gpt-4o"],
-            &[UPSTREAM_KEY],
-        )
-        .start()
-        .await;
+    let proxy = builder_for(&mock).tls().start().await;
     let dir = tempfile::tempdir().unwrap();
     let body = dir.path().join("body");
     std::fs::write(&body, vec![b'a'; 5 << 20]).unwrap();

@@ -106,48 +106,10 @@ impl OpenAiToAnthropic {
         let delta = &choice["delta"];
         // One chunk may carry reasoning, text, tool calls and the finish: in that order.
         if let Some(r) = reasoning_text(delta) {
-            if !matches!(self.open, Open::Thinking(_)) {
-                self.close_open(out);
-                self.close_tools(out);
-                let i = self.block();
-                emit(
-                    out,
-                    "content_block_start",
-                    &json!({"type": "content_block_start", "index": i,
-                    "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
-                );
-                self.open = Open::Thinking(i);
-            }
-            if let Open::Thinking(i) = self.open {
-                emit(
-                    out,
-                    "content_block_delta",
-                    &json!({"type": "content_block_delta", "index": i,
-                    "delta": {"type": "thinking_delta", "thinking": r}}),
-                );
-            }
+            self.append(true, r, out);
         }
         if let Some(t) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-            if !matches!(self.open, Open::Text(_)) {
-                self.close_open(out);
-                self.close_tools(out);
-                let i = self.block();
-                emit(
-                    out,
-                    "content_block_start",
-                    &json!({"type": "content_block_start", "index": i,
-                    "content_block": {"type": "text", "text": ""}}),
-                );
-                self.open = Open::Text(i);
-            }
-            if let Open::Text(i) = self.open {
-                emit(
-                    out,
-                    "content_block_delta",
-                    &json!({"type": "content_block_delta", "index": i,
-                    "delta": {"type": "text_delta", "text": t}}),
-                );
-            }
+            self.append(false, t, out);
         }
         for call in delta["tool_calls"]
             .as_array()
@@ -181,6 +143,45 @@ impl OpenAiToAnthropic {
             "content": [], "stop_reason": null, "stop_sequence": null,
             "usage": {"input_tokens": 0, "output_tokens": 0,
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}),
+        );
+    }
+
+    /// Appends `piece` to the open thinking (or text) block, first opening one, after
+    /// stopping whatever else is open, when it is not already.
+    fn append(&mut self, thinking: bool, piece: &str, out: &mut BytesMut) {
+        let i = match (self.open, thinking) {
+            (Open::Thinking(i), true) | (Open::Text(i), false) => i,
+            _ => {
+                self.close_open(out);
+                self.close_tools(out);
+                let i = self.block();
+                let block = if thinking {
+                    json!({"type": "thinking", "thinking": "", "signature": ""})
+                } else {
+                    json!({"type": "text", "text": ""})
+                };
+                emit(
+                    out,
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": i, "content_block": block}),
+                );
+                self.open = if thinking {
+                    Open::Thinking(i)
+                } else {
+                    Open::Text(i)
+                };
+                i
+            }
+        };
+        let delta = if thinking {
+            json!({"type": "thinking_delta", "thinking": piece})
+        } else {
+            json!({"type": "text_delta", "text": piece})
+        };
+        emit(
+            out,
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": i, "delta": delta}),
         );
     }
 
