@@ -3,7 +3,8 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use keyway::config::ProviderKind;
-use keyway::translate::Translation;
+use keyway::translate::caps::CapabilityTable;
+use keyway::translate::{TargetInfo, TranslatedRequest, Translation};
 use serde_json::json;
 
 fn tools_openai() -> serde_json::Value {
@@ -64,38 +65,51 @@ fn bench(c: &mut Criterion) {
         chat.len(),
         messages.len()
     );
+    // Per request: the capability lookup and the body mapping, as the attempt loop does.
+    let table = CapabilityTable::default();
+    let translate = |tr: Translation, body: &[u8], model: &str, kind: ProviderKind| {
+        let caps = table.resolve_for("p", kind, model);
+        let info = TargetInfo {
+            model,
+            kind,
+            caps: &caps.caps,
+        };
+        tr.request(body, &info).unwrap()
+    };
     c.bench_function("translate/request chat->messages (5 tools)", |b| {
         b.iter(|| {
-            Translation::ChatToMessages
-                .request(
-                    black_box(&chat),
-                    "claude-sonnet-4-5",
-                    ProviderKind::Anthropic,
-                )
-                .unwrap()
+            translate(
+                Translation::ChatToMessages,
+                black_box(&chat),
+                "claude-sonnet-4-5",
+                ProviderKind::Anthropic,
+            )
         })
     });
     c.bench_function("translate/request messages->chat (5 tools)", |b| {
         b.iter(|| {
-            Translation::MessagesToChat
-                .request(
-                    black_box(&messages),
-                    "deepseek-chat",
-                    ProviderKind::OpenAiCompatible,
-                )
-                .unwrap()
+            translate(
+                Translation::MessagesToChat,
+                black_box(&messages),
+                "deepseek-chat",
+                ProviderKind::OpenAiCompatible,
+            )
         })
     });
+    let streamed = TranslatedRequest {
+        include_usage: true,
+        ..Default::default()
+    };
     let start = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":3}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
     let delta = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello there, \"}}\n\n";
     c.bench_function("translate/stream chunk anthropic->chat", |b| {
-        let mut m = Translation::ChatToMessages.stream(0, true, "c");
+        let mut m = Translation::ChatToMessages.stream(0, &streamed, "c");
         m.push(start);
         b.iter(|| m.push(black_box(delta)))
     });
     let chunk = b"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello there, \"},\"finish_reason\":null}]}\n\n";
     c.bench_function("translate/stream chunk chat->anthropic", |b| {
-        let mut m = Translation::MessagesToChat.stream(0, true, "c");
+        let mut m = Translation::MessagesToChat.stream(0, &streamed, "c");
         m.push(chunk);
         b.iter(|| m.push(black_box(chunk)))
     });

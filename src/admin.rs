@@ -257,7 +257,20 @@ impl Admin {
                         })
                     })
                     .collect();
-                json!({ "id": p.id, "kind": p.kind.as_str(), "base_url": p.base_url.to_string(), "connections": conns })
+                let models: Vec<Value> = p
+                    .models
+                    .iter()
+                    .map(|m| json!({ "name": m, "capabilities": snap.config.capabilities.resolve(p, m) }))
+                    .collect();
+                json!({
+                    "id": p.id,
+                    "kind": p.kind.as_str(),
+                    "base_url": p.base_url.to_string(),
+                    "formats": p.formats.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
+                    "translate": p.translate,
+                    "models": models,
+                    "connections": conns,
+                })
             })
             .collect();
         json!({
@@ -270,6 +283,8 @@ impl Admin {
             "config": snap.config.path.display().to_string(),
             "ready": self.runtime.is_ready(),
             "providers": providers,
+            // The model capability table translated routes consult, most precedent first.
+            "capabilities": snap.config.capabilities.entries().iter().map(|e| e.to_json()).collect::<Vec<_>>(),
             "locks": locks.iter().map(|(s, l)| json!({
                 "scope": s, "remaining_s": l.until_ms.saturating_sub(now) as f64 / 1000.0, "reason": l.reason
             })).collect::<Vec<_>>(),

@@ -243,6 +243,20 @@ fn explain(
             Some(why) => println!("  {}. {}  skipped: {why}", i + 1, c.target),
             None => println!("  {}. {}  key: {}", i + 1, c.target, c.keys.join(", then ")),
         }
+        if let Some(via) = c.via.filter(|v| *v != "identity") {
+            println!("     translated: {via}");
+        }
+        if let Some(r) = &c.capabilities {
+            let fields = serde_json::to_value(&r.caps).unwrap_or_default();
+            let fields: Vec<String> = fields
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), str::to_string)))
+                .collect();
+            println!("     capabilities: {}", fields.join(" "));
+            println!("     from: {}", r.from.join("; "));
+        }
     }
     if ex.locks.is_empty() {
         println!("  no active locks (this process's state; a running Keyway shows its own at /admin/state)");

@@ -32,13 +32,13 @@ impl ApiFormat {
         }
     }
 
-    /// Whether a provider of `kind` accepts this format without translation.
-    pub fn spoken_by(self, kind: ProviderKind) -> bool {
+    /// The API family a provider must speak to take this request without translation.
+    pub fn family(self) -> Family {
         match self {
-            ApiFormat::AnthropicMessages | ApiFormat::AnthropicCountTokens => {
-                kind == ProviderKind::Anthropic
+            ApiFormat::AnthropicMessages | ApiFormat::AnthropicCountTokens => Family::Messages,
+            ApiFormat::OpenAiChat | ApiFormat::OpenAiCompletions | ApiFormat::OpenAiEmbeddings => {
+                Family::Chat
             }
-            _ => kind != ProviderKind::Anthropic,
         }
     }
 
@@ -64,6 +64,72 @@ impl ApiFormat {
 impl fmt::Display for ApiFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// An API family, as a provider's `formats` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// OpenAI's classic API: `/chat/completions`, `/completions`, `/embeddings`.
+    Chat,
+    /// Anthropic Messages: `/messages`, `/messages/count_tokens`.
+    Messages,
+    /// OpenAI Responses: `/responses`.
+    Responses,
+}
+
+impl Family {
+    pub const ALL: [Family; 3] = [Family::Chat, Family::Messages, Family::Responses];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Chat => "chat",
+            Family::Messages => "messages",
+            Family::Responses => "responses",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Family::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The API families a provider serves natively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Formats(u8);
+
+impl Formats {
+    /// What a provider of `kind` speaks unless its config says otherwise: OpenAI serves
+    /// Chat and Responses, Anthropic Messages, OpenAI-compatible servers Chat.
+    pub fn for_kind(kind: ProviderKind) -> Self {
+        match kind {
+            ProviderKind::OpenAi => Formats::of(&[Family::Chat, Family::Responses]),
+            ProviderKind::Anthropic => Formats::of(&[Family::Messages]),
+            ProviderKind::OpenAiCompatible => Formats::of(&[Family::Chat]),
+        }
+    }
+
+    pub fn of(families: &[Family]) -> Self {
+        Formats(families.iter().fold(0, |acc, f| acc | 1 << *f as u8))
+    }
+
+    pub fn speaks(self, family: Family) -> bool {
+        self.0 & (1 << family as u8) != 0
+    }
+
+    /// Families in a fixed order.
+    pub fn iter(self) -> impl Iterator<Item = Family> {
+        Family::ALL.into_iter().filter(move |f| self.speaks(*f))
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
     }
 }
 

@@ -8,7 +8,8 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use keyway::config::ProviderKind;
-use keyway::translate::{chat_messages, Translation};
+use keyway::translate::caps::{CapabilityPatch, CapabilityTable};
+use keyway::translate::{chat_messages, TargetInfo, TranslatedRequest, Translation};
 use serde_json::{json, Value};
 use support::{MockUpstream, Reply, TestProxy};
 
@@ -68,8 +69,8 @@ fn sse_payloads(text: &str) -> Vec<Value> {
         .collect()
 }
 
-fn run_stream(tr: Translation, input: &[u8], include_usage: bool, cuts: &[usize]) -> Vec<u8> {
-    let mut m = tr.stream(1_700_000_000, include_usage, "claude-sonnet-4-5");
+fn run_stream(tr: Translation, input: &[u8], req: &TranslatedRequest, cuts: &[usize]) -> Vec<u8> {
+    let mut m = tr.stream(1_700_000_000, req, "claude-sonnet-4-5");
     let mut out = Vec::new();
     let mut from = 0;
     for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
@@ -90,8 +91,22 @@ fn golden(pair: &str, tr: Translation) {
             Some("openai-compatible") => ProviderKind::OpenAiCompatible,
             _ => ProviderKind::Anthropic,
         };
+        // The built-in capability table, with the case's own entry over it.
+        let mut caps = CapabilityTable::default()
+            .resolve_for("p", kind, target)
+            .caps;
+        if let Some(patch) = meta.get("capabilities") {
+            let patch: CapabilityPatch = serde_json::from_value(patch.clone())
+                .unwrap_or_else(|e| panic!("{name}: capabilities: {e}"));
+            caps = patch.over(caps);
+        }
+        let info = TargetInfo {
+            model: target,
+            kind,
+            caps: &caps,
+        };
         let request = std::fs::read(dir.join("request.json")).unwrap();
-        let translated = tr.request(&request, target, kind);
+        let translated = tr.request(&request, &info);
         if let Some(param) = meta["error_param"].as_str() {
             let err = translated.expect_err(&name);
             assert_eq!(err.param, param, "{name}");
@@ -112,12 +127,13 @@ fn golden(pair: &str, tr: Translation) {
         if let Some(reply) = json(&dir.join("upstream_response.json")) {
             let body = serde_json::to_vec(&reply).unwrap();
             let got: Value =
-                serde_json::from_slice(&tr.response(&body, 1_700_000_000).unwrap()).unwrap();
+                serde_json::from_slice(&tr.response(&body, 1_700_000_000, &translated).unwrap())
+                    .unwrap();
             let want = json(&dir.join("client_response.json")).unwrap();
             assert_eq!(normalise(got), normalise(want), "{name}: client response");
         }
         if let Ok(sse) = std::fs::read(dir.join("upstream_response.sse")) {
-            let whole = run_stream(tr, &sse, translated.include_usage, &[]);
+            let whole = run_stream(tr, &sse, &translated, &[]);
             let want = std::fs::read_to_string(dir.join("client_response.sse")).unwrap();
             assert_eq!(
                 sse_payloads(&String::from_utf8(whole.clone()).unwrap()),
@@ -125,7 +141,7 @@ fn golden(pair: &str, tr: Translation) {
                 "{name}: client stream"
             );
             for cut in 0..=sse.len() {
-                let split = run_stream(tr, &sse, translated.include_usage, &[cut]);
+                let split = run_stream(tr, &sse, &translated, &[cut]);
                 assert_eq!(
                     split, whole,
                     "{name}: split at byte {cut} changed the stream"
@@ -467,4 +483,249 @@ async fn count_tokens_is_passed_to_anthropic_and_estimated_elsewhere() {
         1,
         "an estimate never reaches an upstream"
     );
+}
+
+// === Choosing identity first; the capability table ===
+
+#[tokio::test]
+async fn a_provider_that_also_speaks_messages_gets_anthropic_clients_untouched() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::builder()
+        .provider(
+            "vllm",
+            "openai-compatible",
+            &mock.base_url(),
+            &["qwen3-coder"],
+            &["sk-vllm-key"],
+        )
+        .provider_setting("formats", r#"["chat", "messages"]"#)
+        .start()
+        .await;
+    let body = r#"{"model":"qwen3-coder","max_tokens":20,"thinking":{"type":"enabled","budget_tokens":2000},"messages":[{"role":"user","content":"hi"}]}"#;
+    let resp = proxy
+        .post("/v1/messages")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let trace = resp.headers()["x-keyway-attempts"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(!trace.contains("via"), "identity, not translated: {trace}");
+    assert!(resp.headers().get("x-keyway-dropped").is_none());
+    let got = &mock.received()[0];
+    assert_eq!(got.path, "/v1/messages");
+    assert_eq!(&got.body[..], body.as_bytes(), "byte for byte");
+    assert_eq!(got.key.as_deref(), Some("sk-vllm-key"));
+    // The same provider still takes OpenAI clients as they are.
+    let resp = proxy
+        .post("/v1/chat/completions")
+        .json(&json!({"model": "qwen3-coder", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.received()[1].path, "/v1/chat/completions");
+}
+
+#[tokio::test]
+async fn a_provider_or_a_route_can_forbid_translation() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::builder()
+        .provider(
+            "strict",
+            "openai-compatible",
+            &mock.base_url(),
+            &["m-strict"],
+            &["sk-strict-key"],
+        )
+        .provider_setting("translate", "false")
+        .provider(
+            "open",
+            "openai-compatible",
+            &mock.base_url(),
+            &[],
+            &["sk-open-key"],
+        )
+        .policy(
+            r#"
+fn init() {
+    #{ routes: [
+        #{ model: "identity-only", targets: ["open/m-open"], translate: false },
+        #{ model: "either", targets: ["open/m-open"] },
+    ] }
+}
+fn route(req) {
+    // A policy can see the request's format and how each candidate would be reached.
+    let c = routes::resolve(req.model);
+    if req.header("x-prefer-identity") == "1" {
+        c.filter(|t| routes::translation(req, if type_of(t) == "map" { t.target } else { t }) == "")
+    } else {
+        c
+    }
+}
+fn select_key(req, conn) { keys::round_robin(conn) }
+fn on_outcome(req, attempt, outcome) { if outcome.class == "ok" { "return" } else { "next" } }
+"#,
+        )
+        .start()
+        .await;
+    let ask = |model: &str| {
+        proxy
+            .post("/v1/messages")
+            .json(&json!({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+    };
+    for (model, says) in [
+        (
+            "m-strict",
+            "config forbids translating messages requests (`translate = false`)",
+        ),
+        (
+            "identity-only",
+            "the route forbids translating messages requests (`translate: false`)",
+        ),
+    ] {
+        let resp = ask(model).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{model}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["type"], "error", "Anthropic's error shape");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(says), "{model}: {msg}");
+    }
+    // The route that allows it translates; a policy that prefers identity finds none.
+    let resp = ask("either").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = ask("either")
+        .header("x-prefer-identity", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(
+        mock.received().len(),
+        1,
+        "only the allowed translation went upstream"
+    );
+}
+
+#[tokio::test]
+async fn the_capability_table_shapes_translated_requests_and_is_visible() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::builder()
+        .provider(
+            "deepseek",
+            "openai-compatible",
+            &mock.base_url(),
+            &["deepseek-reasoner"],
+            &["sk-ds-key"],
+        )
+        .admin(None, true)
+        .extra(
+            r#"
+[[capability]]
+models = "deepseek-*"
+max_output_tokens = 8192
+thinking = "effort"
+reasoning_replay = "reasoning_content"
+"#,
+        )
+        .start()
+        .await;
+    let resp = proxy
+        .post("/v1/messages")
+        .json(&json!({"model": "deepseek-reasoner", "max_tokens": 32000,
+            "thinking": {"type": "adaptive"}, "output_config": {"effort": "medium"},
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "earlier plan", "signature": "kw1:unsigned"},
+                    {"type": "text", "text": "hello"}]},
+                {"role": "user", "content": "go on"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-keyway-dropped").is_none());
+    let sent = mock.received()[0].json();
+    assert_eq!(sent["max_tokens"], 8192, "clamped to the table's cap");
+    assert_eq!(sent["reasoning_effort"], "medium");
+    assert_eq!(sent["messages"][1]["reasoning_content"], "earlier plan");
+    // /admin/state lists the table (config entries first, with file:line) and each
+    // configured model's resolved capabilities.
+    let state: Value = proxy
+        .http()
+        .get(proxy.admin_url("/admin/state"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first = &state["capabilities"][0];
+    assert_eq!(first["models"], "deepseek-*");
+    assert!(
+        first["source"].as_str().unwrap().contains("keyway.toml:"),
+        "{first}"
+    );
+    assert!(state["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["models"] == "claude-opus-4-7*" && e["source"] == "built-in"));
+    let p = &state["providers"][0];
+    assert_eq!(p["formats"], json!(["chat"]));
+    assert_eq!(p["models"][0]["capabilities"]["max_output_tokens"], 8192);
+    assert_eq!(p["models"][0]["capabilities"]["thinking"], "effort");
+    // explain says how each candidate is reached and what it accepts.
+    let ex: Value = proxy
+        .http()
+        .get(proxy.admin_url("/admin/explain?model=deepseek-reasoner&endpoint=messages"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let c = &ex["candidates"][0];
+    assert_eq!(c["via"], "messages-to-chat");
+    assert_eq!(c["capabilities"]["max_tokens_field"], "max_tokens");
+    assert!(c["capabilities"]["from"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("deepseek-* ("));
+}
+
+#[tokio::test]
+async fn thinking_keyway_made_up_never_reaches_anthropic() {
+    let mock = MockUpstream::start().await;
+    let proxy = anthropic_behind_keyway(&mock).await;
+    // Claude Code replays a turn an OpenAI-compatible model answered (through Keyway),
+    // now routed to Anthropic with manual thinking: the made-up block must go, and with
+    // the tool turn left without signed thinking, thinking is off for this request.
+    let resp = proxy
+        .post("/v1/messages")
+        .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 4000,
+            "thinking": {"type": "enabled", "budget_tokens": 2000},
+            "messages": [
+                {"role": "user", "content": "read a.rs"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "plan", "signature": "kw1:unsigned"},
+                    {"type": "tool_use", "id": "call_1", "name": "Read", "input": {"path": "a.rs"}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "call_1", "content": "fn main() {}"}]}],
+            "tools": [{"name": "Read", "input_schema": {"type": "object"}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let sent = mock.received()[0].json();
+    assert_eq!(
+        sent["messages"][1]["content"],
+        json!([{"type": "tool_use", "id": "call_1", "name": "Read", "input": {"path": "a.rs"}}])
+    );
+    assert!(sent.get("thinking").is_none(), "{sent}");
+    assert_eq!(sent["max_tokens"], 4000, "everything else as sent");
 }

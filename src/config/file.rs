@@ -20,6 +20,23 @@ pub(super) struct FileConfig {
     pub log: LogSection,
     #[serde(default, rename = "provider")]
     pub providers: Vec<ProviderSection>,
+    #[serde(default, rename = "capability")]
+    pub capabilities: Vec<Spanned<CapabilitySection>>,
+}
+
+/// One `[[capability]]` row: a model glob (optionally one provider's) and the fields it sets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CapabilitySection {
+    pub models: Spanned<String>,
+    pub provider: Option<Spanned<String>>,
+    pub max_output_tokens: Option<Spanned<u64>>,
+    pub max_tokens_field: Option<crate::translate::caps::MaxTokensField>,
+    pub thinking: Option<crate::translate::caps::ThinkingMode>,
+    pub structured_output: Option<crate::translate::caps::StructuredOutput>,
+    pub developer_role: Option<bool>,
+    pub tool_ids: Option<crate::translate::caps::ToolIds>,
+    pub reasoning_replay: Option<crate::translate::caps::ReasoningReplay>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,6 +150,10 @@ pub(super) struct ProviderSection {
     pub models: Vec<String>,
     pub anthropic_version: Option<String>,
     pub forward_query: Option<bool>,
+    /// API formats served natively: `chat`, `messages`, `responses` (default by kind).
+    pub formats: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Whether requests in other formats may be translated for this provider (default true).
+    pub translate: Option<bool>,
     #[serde(default, rename = "connection")]
     pub connections: Vec<ConnectionSection>,
 }

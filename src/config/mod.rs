@@ -32,6 +32,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub log: LogConfig,
     pub providers: Vec<Arc<Provider>>,
+    /// The model capability table consulted by translated routes.
+    pub capabilities: Arc<crate::translate::caps::CapabilityTable>,
 }
 
 /// Logging: one structured line per request, plus events.
@@ -201,7 +203,38 @@ pub struct Provider {
     pub anthropic_version: String,
     /// Pass the client's query string on to this provider (default true).
     pub forward_query: bool,
+    /// API families served natively (by kind unless the config lists them).
+    pub formats: crate::format::Formats,
+    /// Requests in other families may be translated for this provider (default true).
+    pub translate: bool,
     pub connections: Vec<Arc<Connection>>,
+}
+
+impl Provider {
+    /// Whether this provider takes `format` without translation.
+    pub fn speaks(&self, format: crate::format::ApiFormat) -> bool {
+        self.formats.speaks(format.family())
+    }
+
+    /// A provider with one connection of one key, for unit tests.
+    #[cfg(test)]
+    pub fn for_tests(id: &str, kind: ProviderKind) -> Self {
+        Provider {
+            id: id.to_string(),
+            kind,
+            base_url: BaseUrl {
+                scheme: Scheme::HTTP,
+                authority: Authority::from_static("127.0.0.1:9"),
+                path: String::new(),
+            },
+            models: Vec::new(),
+            anthropic_version: "2023-06-01".into(),
+            forward_query: true,
+            formats: crate::format::Formats::for_kind(kind),
+            translate: true,
+            connections: Vec::new(),
+        }
+    }
 }
 
 /// An upstream base URL split for cheap request building: `https://api.openai.com/v1`.
@@ -428,6 +461,7 @@ impl Validator<'_> {
             }
             providers.push(Arc::new(self.provider(p)?));
         }
+        let capabilities = Arc::new(self.capabilities(raw.capabilities, &ids)?);
         Ok(Config {
             path: self.src.path.to_path_buf(),
             server,
@@ -440,7 +474,64 @@ impl Validator<'_> {
                 level: raw.log.level.clone().unwrap_or_else(|| "info".into()),
             },
             providers,
+            capabilities,
         })
+    }
+
+    fn capabilities(
+        &self,
+        raw: Vec<Spanned<file::CapabilitySection>>,
+        providers: &HashSet<String>,
+    ) -> Result<crate::translate::caps::CapabilityTable, ConfigError> {
+        use crate::translate::caps::{CapabilityPatch, Entry, Source};
+        let mut entries = Vec::with_capacity(raw.len());
+        for c in raw {
+            let c = c.into_inner();
+            // The `models` line locates the entry (a table's own span is not reliable).
+            let span = c.models.span();
+            if c.models.get_ref().trim().is_empty() {
+                return self.err(c.models.span(), "`models` must be a model name or glob");
+            }
+            if let Some(p) = &c.provider {
+                if !providers.contains(p.get_ref()) {
+                    return self.err(
+                        p.span(),
+                        format!("no provider `{}` is configured", p.get_ref()),
+                    );
+                }
+            }
+            if let Some(n) = &c.max_output_tokens {
+                if *n.get_ref() == 0 {
+                    return self.err(n.span(), "max_output_tokens must be at least 1");
+                }
+            }
+            let patch = CapabilityPatch {
+                max_output_tokens: c.max_output_tokens.map(Spanned::into_inner),
+                max_tokens_field: c.max_tokens_field,
+                thinking: c.thinking,
+                structured_output: c.structured_output,
+                developer_role: c.developer_role,
+                tool_ids: c.tool_ids,
+                reasoning_replay: c.reasoning_replay,
+            };
+            if patch == CapabilityPatch::default() {
+                return self.err(
+                    span,
+                    "this [[capability]] sets nothing: add a field such as `max_output_tokens`",
+                );
+            }
+            let at = self.src.locate(span);
+            let at = at
+                .rsplit_once(':')
+                .map_or(at.clone(), |(l, _)| l.to_string());
+            entries.push(Entry::new(
+                c.models.get_ref(),
+                c.provider.map(Spanned::into_inner),
+                patch,
+                Source::Config(at),
+            ));
+        }
+        Ok(crate::translate::caps::CapabilityTable::new(entries))
     }
 
     fn policy(&self, raw: file::PolicySection) -> Result<PolicyConfig, ConfigError> {
@@ -575,6 +666,30 @@ impl Validator<'_> {
             ProviderKindName::OpenaiCompatible => ProviderKind::OpenAiCompatible,
         };
         let base_url = self.base_url(&p.base_url)?;
+        let formats = match &p.formats {
+            None => crate::format::Formats::for_kind(kind),
+            Some(list) => {
+                let mut families = Vec::new();
+                for f in list.get_ref() {
+                    match crate::format::Family::parse(f.get_ref()) {
+                        Some(family) => families.push(family),
+                        None => {
+                            return self.err(
+                                f.span(),
+                                format!(
+                                "unknown format `{}`; use \"chat\", \"messages\" or \"responses\"",
+                                f.get_ref()
+                            ),
+                            )
+                        }
+                    }
+                }
+                if families.is_empty() {
+                    return self.err(list.span(), "`formats` must name at least one format");
+                }
+                crate::format::Formats::of(&families)
+            }
+        };
         if p.connections.is_empty() {
             return self.err(
                 p.id.span(),
@@ -641,6 +756,8 @@ impl Validator<'_> {
             kind,
             base_url,
             forward_query: p.forward_query.unwrap_or(true),
+            formats,
+            translate: p.translate.unwrap_or(true),
             models: p.models,
             connections,
         })

@@ -165,3 +165,43 @@ keys = ["file:/nonexistent/key"]
         }
     }
 }
+
+#[test]
+fn formats_and_capabilities_are_validated_with_locations() {
+    use crate::format::{ApiFormat, Family};
+    with_env();
+    let c = parse_str(&MINIMAL.replace(
+        "models = [\"gpt-4o\"]",
+        "models = [\"gpt-4o\"]\nformats = [\"chat\", \"messages\"]\ntranslate = false",
+    ))
+    .unwrap();
+    let p = &c.providers[0];
+    assert!(p.speaks(ApiFormat::AnthropicMessages) && p.speaks(ApiFormat::OpenAiChat));
+    assert!(!p.formats.speaks(Family::Responses));
+    assert!(!p.translate);
+    let e = expect_err(&MINIMAL.replace(
+        "models = [\"gpt-4o\"]",
+        "models = [\"gpt-4o\"]\nformats = [\"chat\", \"anthropic\"]",
+    ));
+    assert!(e.starts_with("keyway.toml:13:20:"), "{e}");
+    assert!(e.contains("unknown format `anthropic`"), "{e}");
+    let cap = |body: &str| format!("{MINIMAL}\n[[capability]]\n{body}\n");
+    let c = parse_str(&cap(
+        "models = \"gpt-4o*\"\nmax_output_tokens = 1000\nthinking = \"effort\"",
+    ))
+    .unwrap();
+    let r = c.capabilities.resolve(&c.providers[0], "gpt-4o-mini");
+    assert_eq!(r.caps.max_output_tokens, Some(1000));
+    assert_eq!(r.from[0], "gpt-4o* (keyway.toml:19)");
+    let e = expect_err(&cap(
+        "models = \"x\"\nprovider = \"nope\"\nmax_output_tokens = 1",
+    ));
+    assert!(e.contains("no provider `nope` is configured"), "{e}");
+    let e = expect_err(&cap("models = \"x\""));
+    assert!(e.contains("sets nothing"), "{e}");
+    let e = expect_err(&cap("models = \"x\"\nthinking = \"deep\""));
+    assert!(
+        e.contains("keyway.toml:20") && e.contains("adaptive"),
+        "{e}"
+    );
+}

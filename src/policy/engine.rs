@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Module, Position, FLOAT, INT};
 
-use super::views::{self, ConnView};
+use super::views::{self, ConnView, RequestView};
 use crate::keys::Rotation;
 use crate::quota::{next_midnight_utc_ms, QuotaState};
 use crate::routing::Router;
@@ -97,15 +97,55 @@ pub fn line_col(pos: Position) -> String {
 
 fn routes_module(router: Arc<OnceLock<Router>>) -> Module {
     let mut m = Module::new();
+    let r = router.clone();
     m.set_native_fn("resolve", move |model: &str| {
-        let Some(router) = router.get() else {
+        let Some(router) = r.get() else {
             return Err("routes::resolve is not available inside init()".into());
         };
         Ok(router
             .resolve(model)
             .into_iter()
-            .map(|s| Dynamic::from(format!("{}/{}", s.provider, s.model_for(model))))
+            .map(|s| {
+                let target = format!("{}/{}", s.provider, s.model_for(model));
+                if s.translate {
+                    Dynamic::from(target)
+                } else {
+                    // A route that forbids translation says so to route().
+                    let mut m = rhai::Map::new();
+                    m.insert("target".into(), Dynamic::from(target));
+                    m.insert("translate".into(), Dynamic::FALSE);
+                    Dynamic::from_map(m)
+                }
+            })
             .collect::<rhai::Array>())
+    });
+    let r = router.clone();
+    m.set_native_fn("formats", move |target: &str| {
+        let Some(router) = r.get() else {
+            return Err("routes::formats is not available inside init()".into());
+        };
+        let id = target.split_once('/').map_or(target, |(p, _)| p);
+        Ok(router.provider(id).map_or_else(rhai::Array::new, |p| {
+            p.formats
+                .iter()
+                .map(|f| Dynamic::from(f.as_str().to_string()))
+                .collect()
+        }))
+    });
+    let r = router;
+    m.set_native_fn("translation", move |req: RequestView, target: &str| {
+        let Some(router) = r.get() else {
+            return Err("routes::translation is not available inside init()".into());
+        };
+        let id = target.split_once('/').map_or(target, |(p, _)| p);
+        Ok(match router.provider(id) {
+            None => Dynamic::UNIT,
+            Some(p) => match crate::translate::Translation::route(req.0.format, p, true) {
+                Ok(None) => Dynamic::from(String::new()),
+                Ok(Some(t)) => Dynamic::from(t.label().to_string()),
+                Err(_) => Dynamic::UNIT,
+            },
+        })
     });
     m
 }

@@ -44,6 +44,12 @@ pub struct CandidateReport {
     pub skipped: Option<String>,
     /// `connection/key` that `select_key` picks, per connection in order.
     pub keys: Vec<String>,
+    /// `identity`, or the translation the request would go through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'static str>,
+    /// On a translated route: what the target model accepts, and which table entries said so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<crate::translate::caps::Resolved>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,25 +82,34 @@ pub fn explain(
                 target,
                 skipped: Some("unknown provider".into()),
                 keys: vec![],
+                via: None,
+                capabilities: None,
             });
             continue;
         };
-        if !req.format.spoken_by(provider.kind)
-            && crate::translate::Translation::plan(req.format, provider.kind).is_none()
-        {
-            let why = format!("{} does not accept {} requests", provider.kind, req.format);
-            out.push(CandidateReport {
-                target,
-                skipped: Some(why),
-                keys: vec![],
-            });
-            continue;
-        }
+        let translation =
+            match crate::translate::Translation::route(req.format, provider, c.spec.translate) {
+                Ok(t) => t,
+                Err(why) => {
+                    out.push(CandidateReport {
+                        target,
+                        skipped: Some(format!("provider {why}")),
+                        keys: vec![],
+                        via: None,
+                        capabilities: None,
+                    });
+                    continue;
+                }
+            };
+        let via = Some(translation.map_or("identity", |t| t.label()));
+        let capabilities = translation.map(|_| config.capabilities.resolve(provider, &model));
         if quota.is_locked(&Scopes::model(&provider.id, &model)) {
             out.push(CandidateReport {
                 target,
                 skipped: Some("model locked".into()),
                 keys: vec![],
+                via,
+                capabilities,
             });
             continue;
         }
@@ -128,6 +143,8 @@ pub fn explain(
             target,
             skipped: None,
             keys: picks,
+            via,
+            capabilities,
         });
     }
     let now = quota.now_ms();

@@ -503,12 +503,19 @@ fn route_table(value: Dynamic, config: &Config) -> Result<RouteTable, String> {
             .ok_or_else(|| {
                 format!("route `{pattern}` needs `targets: [\"provider/model\", ...]`")
             })?;
+        let translate = match r.get("translate") {
+            None => true,
+            Some(v) => v
+                .as_bool()
+                .map_err(|_| format!("route `{pattern}`: `translate` must be true or false"))?,
+        };
         let mut specs = Vec::with_capacity(targets.len());
         for t in targets {
             let t = t.into_immutable_string().map_err(|_| {
                 format!("route `{pattern}`: targets must be \"provider/model\" strings")
             })?;
-            let spec = TargetSpec::parse(&t).map_err(|e| format!("route `{pattern}`: {e}"))?;
+            let mut spec = TargetSpec::parse(&t).map_err(|e| format!("route `{pattern}`: {e}"))?;
+            spec.translate = translate;
             if !config.providers.iter().any(|p| p.id == spec.provider) {
                 let known: Vec<_> = config.providers.iter().map(|p| p.id.as_str()).collect();
                 return Err(format!(
@@ -558,10 +565,13 @@ fn candidates(value: Dynamic) -> Result<Vec<Candidate>, String> {
                 .get("connection")
                 .and_then(|v| v.clone().into_immutable_string().ok())
                 .map(|s| s.to_string());
-            Ok(Candidate {
-                spec: TargetSpec::parse(&target)?,
-                connection,
-            })
+            let mut spec = TargetSpec::parse(&target)?;
+            if let Some(v) = map.get("translate") {
+                spec.translate = v
+                    .as_bool()
+                    .map_err(|_| format!("route()[{i}]: `translate` must be true or false"))?;
+            }
+            Ok(Candidate { spec, connection })
         })
         .collect()
 }

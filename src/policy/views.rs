@@ -96,6 +96,9 @@ pub fn register(engine: &mut Engine) {
         .register_get("endpoint", |r: &mut RequestView| {
             r.0.format.as_str().to_string()
         })
+        .register_get("format", |r: &mut RequestView| {
+            r.0.format.family().as_str().to_string()
+        })
         .register_get("stream", |r: &mut RequestView| r.0.stream)
         .register_get("client", |r: &mut RequestView| r.0.client.clone())
         .register_get("max_tokens", |r: &mut RequestView| opt_int(r.0.max_tokens))

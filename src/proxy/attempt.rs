@@ -119,10 +119,22 @@ impl AttemptContext<'_> {
             // the key: translated once per target, before any attempt.
             let translated = match target.translation {
                 None => None,
-                Some(t) => Some(
-                    t.request(self.parsed.raw(), &target.model, provider.kind)
-                        .map_err(|e| Err(ProxyError::Unsupported(e)))?,
-                ),
+                Some(t) => {
+                    let caps = self
+                        .snap
+                        .config
+                        .capabilities
+                        .resolve(provider, &target.model);
+                    let info = crate::translate::TargetInfo {
+                        model: &target.model,
+                        kind: provider.kind,
+                        caps: &caps.caps,
+                    };
+                    Some(
+                        t.request(self.parsed.raw(), &info)
+                            .map_err(|e| Err(ProxyError::Unsupported(e)))?,
+                    )
+                }
             };
             let conns = provider
                 .connections
@@ -270,7 +282,16 @@ impl AttemptContext<'_> {
         let scrub = |s: String| redactor.redact_string(s);
         let (upstream_format, body) = match (target.translation, translated) {
             (Some(tr), Some(req)) => (tr.upstream_format(), req.body.clone()),
-            _ => (self.format, self.parsed.body_for(&target.model)),
+            _ => {
+                let body = self.parsed.body_for(&target.model);
+                let body = match self.format {
+                    ApiFormat::AnthropicMessages => {
+                        crate::translate::strip_synthetic_thinking(&body).unwrap_or(body)
+                    }
+                    _ => body,
+                };
+                (self.format, body)
+            }
         };
         let req = match upstream::build_request(
             provider,
@@ -399,7 +420,7 @@ impl AttemptContext<'_> {
                 t.stream_idle,
                 Some(framing),
             );
-            let machine = tr.stream(created, req.include_usage, &self.parsed.model);
+            let machine = tr.stream(created, req, &self.parsed.model);
             let out = body::TranslatedBody::new(relay, machine).boxed_unsync();
             return Ok(with_dropped(Response::from_parts(parts, out), req));
         }
@@ -426,7 +447,7 @@ impl AttemptContext<'_> {
                 }
             }
         }
-        let mapped = tr.response(&whole, created).map_err(|e| {
+        let mapped = tr.response(&whole, created, req).map_err(|e| {
             Outcome::failure(
                 OutcomeClass::Network,
                 format!("upstream sent an answer that could not be translated: {e}"),

@@ -9,7 +9,7 @@ mod table;
 
 use std::sync::Arc;
 
-use crate::config::{Provider, ProviderKind};
+use crate::config::Provider;
 use crate::format::ApiFormat;
 
 pub use pattern::Pattern;
@@ -39,13 +39,13 @@ pub enum RouteError {
     /// 404: no provider serves this model name.
     #[error("model `{0}` is not served here; ask for `provider/model` or a model listed in the config (GET /v1/models)")]
     UnknownModel(String),
-    /// 400: the model exists, but only on providers that do not speak the request's format.
-    #[error("model `{model}` is served by provider `{provider}` ({kind}), which does not accept {format} requests")]
+    /// 400: the model exists, but only on providers that neither speak the request's
+    /// format nor may be reached by translation.
+    #[error("model `{model}` is served by provider `{provider}`, which {why}")]
     FormatMismatch {
         model: String,
         provider: String,
-        kind: ProviderKind,
-        format: ApiFormat,
+        why: String,
     },
 }
 
@@ -106,6 +106,7 @@ impl Router {
                 return vec![TargetSpec {
                     provider: prefix.to_string(),
                     model: Some(rest.to_string()),
+                    translate: true,
                 }];
             }
         }
@@ -118,6 +119,7 @@ impl Router {
             .map(|p| TargetSpec {
                 provider: p.id.clone(),
                 model: None,
+                translate: true,
             })
             .collect()
     }
@@ -136,22 +138,20 @@ impl Router {
                 tracing::warn!(provider = %c.spec.provider, "policy named an unknown provider; skipped");
                 continue;
             };
-            // Identity when the provider speaks the format; a translator when one exists.
-            let translation = match format.spoken_by(provider.kind) {
-                true => None,
-                false => match crate::translate::Translation::plan(format, provider.kind) {
-                    Some(t) => Some(t),
-                    None => {
+            // Identity when the provider speaks the format; a translator when one exists
+            // and neither the provider nor the route forbids it.
+            let translation =
+                match crate::translate::Translation::route(format, provider, c.spec.translate) {
+                    Ok(t) => t,
+                    Err(why) => {
                         first_mismatch.get_or_insert_with(|| RouteError::FormatMismatch {
                             model: requested.to_string(),
                             provider: provider.id.clone(),
-                            kind: provider.kind,
-                            format,
+                            why,
                         });
                         continue;
                     }
-                },
-            };
+                };
             out.push(Target {
                 provider: provider.clone(),
                 model: c.spec.model_for(requested).to_string(),

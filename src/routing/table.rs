@@ -12,6 +12,9 @@ pub struct TargetSpec {
     pub provider: String,
     /// `None`: use the requested model name.
     pub model: Option<String>,
+    /// `false`: only an identity route may use this target (the route or candidate said
+    /// `translate: false`).
+    pub translate: bool,
 }
 
 impl TargetSpec {
@@ -30,6 +33,7 @@ impl TargetSpec {
         Ok(Self {
             provider: provider.to_string(),
             model,
+            translate: true,
         })
     }
 

@@ -25,6 +25,8 @@ enum Block {
         index: usize,
         args: bool,
     },
+    /// The structured-output tool: its input is the answer's content.
+    JsonAnswer,
     /// Server tools and anything unknown: ignored.
     Other,
 }
@@ -38,6 +40,10 @@ pub struct AnthropicToChat {
     model: String,
     created: u64,
     include_usage: bool,
+    /// Structured output is emulated with [`super::JSON_TOOL`].
+    json_tool: bool,
+    /// The answer came as the structured-output tool's input.
+    json_answered: bool,
     role_sent: bool,
     blocks: Vec<Block>,
     next_tool: usize,
@@ -50,8 +56,9 @@ pub struct AnthropicToChat {
 }
 
 impl AnthropicToChat {
-    /// `include_usage`: the client sent `stream_options.include_usage: true`.
-    pub fn new(created: u64, include_usage: bool) -> Self {
+    /// `include_usage`: the client sent `stream_options.include_usage: true`;
+    /// `json_tool`: structured output is emulated with [`super::JSON_TOOL`].
+    pub fn new(created: u64, include_usage: bool, json_tool: bool) -> Self {
         Self {
             events: EventReader::default(),
             prefix: None,
@@ -59,6 +66,8 @@ impl AnthropicToChat {
             model: String::new(),
             created,
             include_usage,
+            json_tool,
+            json_answered: false,
             role_sent: false,
             blocks: Vec::new(),
             next_tool: 0,
@@ -106,6 +115,10 @@ impl AnthropicToChat {
                 let block = match b["type"].as_str() {
                     Some("text") => Block::Text,
                     Some("thinking") => Block::Thinking,
+                    Some("tool_use") if self.json_tool && b["name"] == super::JSON_TOOL => {
+                        self.json_answered = true;
+                        Block::JsonAnswer
+                    }
                     Some("tool_use") => {
                         let index = self.next_tool;
                         self.next_tool += 1;
@@ -162,7 +175,10 @@ impl AnthropicToChat {
             }
             "message_stop" => {
                 self.role(out);
-                let finish = finish_reason_from_anthropic(self.stop_reason.as_deref());
+                let finish = match self.stop_reason.as_deref() {
+                    Some("tool_use") if self.json_answered && self.next_tool == 0 => "stop",
+                    reason => finish_reason_from_anthropic(reason),
+                };
                 self.chunk(out, json!({}), Some(finish));
                 if self.include_usage {
                     let usage = chat_usage_from_anthropic(
@@ -212,6 +228,12 @@ impl AnthropicToChat {
                         json!({"reasoning_details": [{"type": "reasoning.text", "text": "", "signature": s}]}),
                         None,
                     );
+                }
+            }
+            (Some(Block::JsonAnswer), "input_json_delta") => {
+                if let Some(p) = d.partial_json.filter(|p| !p.is_empty()) {
+                    self.role(out);
+                    self.string_delta(out, "content", p);
                 }
             }
             (Some(Block::Tool { index, .. }), "input_json_delta") => {
@@ -418,7 +440,7 @@ mod tests {
             include_usage in any::<bool>(),
         ) {
             let run = |cut: usize| {
-                let mut m = AnthropicToChat::new(1, include_usage);
+                let mut m = AnthropicToChat::new(1, include_usage, false);
                 let mut out = m.push(&input[..cut]).to_vec();
                 out.extend_from_slice(&m.push(&input[cut..]));
                 out.extend_from_slice(&m.finish());

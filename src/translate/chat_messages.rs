@@ -7,9 +7,12 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use super::caps::{self, Capabilities, StructuredOutput, ThinkingMode, ToolIds};
 use super::{
-    chat_usage_from_anthropic, finish_reason_from_anthropic, TranslatedRequest, Unsupported,
+    chat_usage_from_anthropic, finish_reason_from_anthropic, TargetInfo, TranslatedRequest,
+    Unsupported, JSON_TOOL,
 };
+use crate::translate::openai_stream::SYNTHETIC_SIGNATURE_PREFIX;
 
 /// Client fields with no Anthropic equivalent that are dropped (and reported).
 const DROPPED: &[&str] = &[
@@ -26,7 +29,6 @@ const DROPPED: &[&str] = &[
     "verbosity",
     "prompt_cache_key",
     "prompt_cache_retention",
-    "response_format",
     "web_search_options",
     "safety_identifier",
 ];
@@ -54,33 +56,16 @@ const MAPPED: &[&str] = &[
     "reasoning_effort",
     "thinking",
     "top_k",
+    "response_format",
 ];
 
-/// The largest output a model accepts, and the default when the client names none.
-/// Claude 4 models: 64k (Opus 4 and 4.1: 32k); Claude 3.x: 8k (3 Haiku, 3 Opus: 4k).
-pub fn max_output_tokens(model: &str) -> u64 {
-    let m = model.to_ascii_lowercase();
-    if m.contains("opus-4-1") || m.contains("opus-4-0") || m.contains("opus-4-2") {
-        32_000
-    } else if m.contains("-4") || m.contains("claude-4") || m.contains("-5") {
-        64_000
-    } else if m.contains("3-5") || m.contains("3-7") {
-        8_192
-    } else {
-        4_096
-    }
-}
+/// When the client names no `max_tokens` and the table knows no cap (Messages requires one).
+const FALLBACK_MAX_TOKENS: u64 = 4_096;
 
-/// Models that take only adaptive thinking (`budget_tokens` is a 400 there).
-fn adaptive_only(model: &str) -> bool {
-    let m = model.to_ascii_lowercase();
-    ["opus-4-7", "opus-4-8", "-5-", "claude-5"]
-        .iter()
-        .any(|p| m.contains(p))
-}
-
-/// Translates a Chat Completions body into a Messages body for `model`.
-pub fn request(raw: &[u8], model: &str) -> Result<TranslatedRequest, Unsupported> {
+/// Translates a Chat Completions body into a Messages body for `target`.
+pub fn request(raw: &[u8], target: &TargetInfo) -> Result<TranslatedRequest, Unsupported> {
+    let model = target.model;
+    let caps = target.caps;
     let body: Map<String, Value> = serde_json::from_slice(raw)
         .map_err(|e| Unsupported::new("", format!("request body is not a JSON object: {e}")))?;
     let mut dropped: Vec<String> = Vec::new();
@@ -119,28 +104,45 @@ pub fn request(raw: &[u8], model: &str) -> Result<TranslatedRequest, Unsupported
         .cloned();
     let mut out = Map::new();
     out.insert("model".into(), Value::from(model));
-    let (system, messages) = messages(body.get("messages"))?;
-    let thinking = thinking(&body, model);
-    let cap = max_output_tokens(model);
+    let (system, mut messages) = messages(body.get("messages"), caps.tool_ids)?;
+    let asked_thinking = thinking(&body, caps);
+    if asked_thinking.is_none() && wants_thinking(&body) {
+        dropped.push(if body.contains_key("reasoning_effort") {
+            "reasoning_effort".into()
+        } else {
+            "thinking".into()
+        });
+    }
+    let cap = caps.max_output_tokens;
     let asked = body
         .get("max_completion_tokens")
         .or_else(|| body.get("max_tokens"))
         .and_then(Value::as_u64);
-    let max_tokens = match (asked, &thinking) {
-        (Some(n), _) => n.min(cap),
-        (None, Some(Thinking::Budget(b))) => (b + 8_192).min(cap),
-        (None, _) => cap,
+    let max_tokens = match (asked, &asked_thinking) {
+        (Some(n), _) => cap.map_or(n, |c| n.min(c)),
+        (None, Some(Thinking::Budget(b))) => cap.map_or(b + 8_192, |c| (b + 8_192).min(c)),
+        (None, _) => cap.unwrap_or(FALLBACK_MAX_TOKENS),
     };
+    let mut thinking = asked_thinking.and_then(|t| t.fit(max_tokens));
+    // Manual thinking needs the last assistant tool turn to open with its signed thinking;
+    // when the history lost it (another provider answered that turn), think not this once.
+    if matches!(thinking, Some(Thinking::Budget(_))) && !tool_turn_keeps_thinking(&messages) {
+        thinking = None;
+        dropped.push("reasoning_effort".into());
+    }
+    if thinking.is_none() {
+        strip_thinking(&mut messages);
+    }
     out.insert("max_tokens".into(), Value::from(max_tokens));
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }
     out.insert("messages".into(), Value::Array(messages));
-    let thinking = thinking.and_then(|t| t.fit(max_tokens));
+    let mut output_config = Map::new();
     match &thinking {
         Some(Thinking::Adaptive(effort)) => {
             out.insert("thinking".into(), json!({"type": "adaptive"}));
-            out.insert("output_config".into(), json!({"effort": effort}));
+            output_config.insert("effort".into(), Value::from(*effort));
         }
         Some(Thinking::Budget(b)) => {
             out.insert(
@@ -190,7 +192,30 @@ pub fn request(raw: &[u8], model: &str) -> Result<TranslatedRequest, Unsupported
     if body.get("stream") == Some(&Value::Bool(true)) {
         out.insert("stream".into(), Value::Bool(true));
     }
-    let tools = tools(&body);
+    let mut tools = tools(&body);
+    let format = response_format(&body);
+    let mut json_tool = false;
+    match (format, caps.structured_output) {
+        (None, _) => {}
+        (Some(schema), StructuredOutput::Native) => {
+            output_config.insert(
+                "format".into(),
+                json!({"type": "json_schema", "schema": anthropic_schema(schema)}),
+            );
+        }
+        (Some(schema), StructuredOutput::Tool) => {
+            tools.push(json!({
+                "name": JSON_TOOL,
+                "description": "Respond with the final answer by calling this tool; its input is the answer.",
+                "input_schema": schema,
+            }));
+            json_tool = true;
+        }
+        (Some(_), StructuredOutput::None) => dropped.push("response_format".into()),
+    }
+    if !output_config.is_empty() {
+        out.insert("output_config".into(), Value::Object(output_config));
+    }
     let has_tools = !tools.is_empty();
     if has_tools {
         out.insert("tools".into(), Value::Array(tools));
@@ -202,7 +227,18 @@ pub fn request(raw: &[u8], model: &str) -> Result<TranslatedRequest, Unsupported
                     "input_schema": {"type": "object", "properties": {}}}]),
         );
     }
-    if has_tools {
+    let client_tools = body
+        .get("tools")
+        .is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()));
+    if json_tool && !client_tools {
+        // The answer must come as the tool call (forcing a tool is refused while thinking).
+        let choice = if thinking.is_some() {
+            json!({"type": "any"})
+        } else {
+            json!({"type": "tool", "name": JSON_TOOL})
+        };
+        out.insert("tool_choice".into(), choice);
+    } else if has_tools {
         if let Some(choice) = tool_choice(&body, thinking.is_some()) {
             out.insert("tool_choice".into(), choice);
         }
@@ -221,7 +257,108 @@ pub fn request(raw: &[u8], model: &str) -> Result<TranslatedRequest, Unsupported
         body: Bytes::from(body),
         dropped,
         include_usage: body_include_usage(&body_map_usage),
+        json_tool,
     })
+}
+
+/// The JSON schema a `response_format` asks for, `None` for plain text.
+fn response_format(body: &Map<String, Value>) -> Option<Value> {
+    let f = body.get("response_format")?;
+    match f["type"].as_str()? {
+        "json_schema" => Some(match &f["json_schema"]["schema"] {
+            s @ Value::Object(_) => s.clone(),
+            _ => json!({"type": "object"}),
+        }),
+        "json_object" => Some(json!({"type": "object", "additionalProperties": true})),
+        _ => None,
+    }
+}
+
+/// JSON Schema keywords Anthropic's structured outputs refuse; they move into the
+/// `description` so the model still reads them.
+const UNSUPPORTED_SCHEMA_KEYWORDS: &[&str] = &[
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "maxItems",
+    "uniqueItems",
+    "minProperties",
+    "maxProperties",
+];
+
+/// A schema Anthropic accepts: refused keywords moved into descriptions, recursively.
+fn anthropic_schema(mut schema: Value) -> Value {
+    fn walk(v: &mut Value, depth: usize) {
+        if depth > 64 {
+            return;
+        }
+        match v {
+            Value::Object(o) => {
+                let mut notes = Vec::new();
+                for k in UNSUPPORTED_SCHEMA_KEYWORDS {
+                    // Only where it is a keyword (a number or bool), not a property name.
+                    if let Some(val) = o.get(*k).filter(|x| x.is_number() || x.is_boolean()) {
+                        notes.push(format!("{k}: {val}"));
+                        o.remove(*k);
+                    }
+                }
+                if !notes.is_empty() {
+                    let note = format!("({})", notes.join(", "));
+                    let d = match o.get("description").and_then(Value::as_str) {
+                        Some(d) => format!("{d} {note}"),
+                        None => note,
+                    };
+                    o.insert("description".into(), Value::from(d));
+                }
+                for child in o.values_mut() {
+                    walk(child, depth + 1);
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, depth + 1)),
+            _ => {}
+        }
+    }
+    walk(&mut schema, 0);
+    schema
+}
+
+/// The client asked for reasoning in any of the ways it can.
+fn wants_thinking(body: &Map<String, Value>) -> bool {
+    body.get("reasoning_effort")
+        .and_then(Value::as_str)
+        .is_some_and(|e| e != "none")
+        || body
+            .get("thinking")
+            .is_some_and(|t| t["type"] == "enabled" || t["type"] == "adaptive")
+}
+
+/// True unless the last assistant turn that calls tools lacks a leading thinking block.
+fn tool_turn_keeps_thinking(messages: &[Value]) -> bool {
+    let last_tool_turn = messages.iter().rev().find(|m| {
+        m["role"] == "assistant"
+            && m["content"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_use"))
+    });
+    match last_tool_turn {
+        None => true,
+        Some(m) => m["content"][0]["type"]
+            .as_str()
+            .is_some_and(|t| t == "thinking" || t == "redacted_thinking"),
+    }
+}
+
+/// Removes replayed thinking from history (thinking is off for this request).
+fn strip_thinking(messages: &mut [Value]) {
+    for m in messages.iter_mut().filter(|m| m["role"] == "assistant") {
+        if let Some(blocks) = m["content"].as_array_mut() {
+            blocks.retain(|b| b["type"] != "thinking" && b["type"] != "redacted_thinking");
+        }
+    }
 }
 
 fn body_include_usage(v: &Option<Value>) -> bool {
@@ -246,17 +383,31 @@ impl Thinking {
     }
 }
 
-/// `reasoning_effort` (or an Anthropic-style `thinking` the client sent) → thinking.
-fn thinking(body: &Map<String, Value>, model: &str) -> Option<Thinking> {
+/// `reasoning_effort` (or an Anthropic-style `thinking` the client sent) → thinking, in
+/// the mode the target takes.
+fn thinking(body: &Map<String, Value>, caps: &Capabilities) -> Option<Thinking> {
+    let adaptive = match caps.thinking {
+        ThinkingMode::Adaptive => true,
+        ThinkingMode::Manual => false,
+        ThinkingMode::Effort | ThinkingMode::None => return None,
+    };
     if let Some(t) = body.get("thinking").filter(|t| t.is_object()) {
-        return match t["type"].as_str() {
-            Some("enabled") => t["budget_tokens"].as_u64().map(Thinking::Budget),
-            Some("adaptive") => Some(Thinking::Adaptive("high")),
+        return match (t["type"].as_str(), adaptive) {
+            (Some("enabled"), false) => t["budget_tokens"].as_u64().map(Thinking::Budget),
+            (Some("enabled"), true) => Some(Thinking::Adaptive(
+                match t["budget_tokens"].as_u64().unwrap_or(0) {
+                    0..=2_048 => "low",
+                    2_049..=8_192 => "medium",
+                    _ => "high",
+                },
+            )),
+            (Some("adaptive"), true) => Some(Thinking::Adaptive("high")),
+            (Some("adaptive"), false) => Some(Thinking::Budget(24_576)),
             _ => None,
         };
     }
     let effort = body.get("reasoning_effort")?.as_str()?;
-    let (adaptive, budget) = match effort {
+    let (effort_level, budget) = match effort {
         "minimal" => ("low", 1_024),
         "low" => ("low", 2_048),
         "medium" => ("medium", 8_192),
@@ -264,8 +415,8 @@ fn thinking(body: &Map<String, Value>, model: &str) -> Option<Thinking> {
         "xhigh" | "max" => ("high", 32_000),
         _ => return None, // "none" and unknown values: no thinking
     };
-    Some(if adaptive_only(model) {
-        Thinking::Adaptive(adaptive)
+    Some(if adaptive {
+        Thinking::Adaptive(effort_level)
     } else {
         Thinking::Budget(budget)
     })
@@ -380,30 +531,47 @@ fn tool_input(arguments: &Value) -> Value {
 /// Anthropic tool ids: `^[A-Za-z0-9_-]{1,64}$`. Applied identically to `tool_use.id` and
 /// `tool_result.tool_use_id`, so pairs stay paired.
 pub fn tool_id(id: &str) -> String {
-    let clean: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
+    caps::tool_id(id, ToolIds::Anthropic).into_owned()
+}
+
+/// The thinking an assistant message carries back (`reasoning_details`, or LiteLLM's
+/// `thinking_blocks`) as Anthropic blocks. Only blocks Anthropic signed survive: a
+/// signature Keyway made up (`kw1:`) or none at all would be refused.
+fn replayed_thinking(m: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    let details = m["reasoning_details"]
+        .as_array()
+        .or_else(|| m["thinking_blocks"].as_array());
+    for d in details.map(Vec::as_slice).unwrap_or(&[]) {
+        match d["type"].as_str() {
+            Some("reasoning.text") | Some("thinking") => {
+                let sig = d["signature"].as_str().unwrap_or("");
+                if sig.is_empty() || sig.starts_with(SYNTHETIC_SIGNATURE_PREFIX) {
+                    continue;
+                }
+                let text = d["text"].as_str().or_else(|| d["thinking"].as_str());
+                out.push(
+                    json!({"type": "thinking", "thinking": text.unwrap_or(""), "signature": sig}),
+                );
             }
-        })
-        .collect();
-    if clean == id && !id.is_empty() && id.len() <= 64 {
-        return clean;
+            Some("reasoning.encrypted") | Some("redacted_thinking") => {
+                if let Some(data) = d["data"].as_str().filter(|s| !s.is_empty()) {
+                    out.push(json!({"type": "redacted_thinking", "data": data}));
+                }
+            }
+            _ => {}
+        }
     }
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(id.as_bytes());
-    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    let keep: String = clean.chars().take(55).collect();
-    format!("{keep}_{hash}")
+    out
 }
 
 /// Chat messages → (Anthropic `system` blocks, Anthropic messages), per the ordering rules:
 /// system/developer hoisted; consecutive same-role turns merged; tool results answering
 /// one assistant turn gathered into one user turn, results first.
-fn messages(messages: Option<&Value>) -> Result<(Vec<Value>, Vec<Value>), Unsupported> {
+fn messages(
+    messages: Option<&Value>,
+    ids: ToolIds,
+) -> Result<(Vec<Value>, Vec<Value>), Unsupported> {
     let list = messages
         .and_then(Value::as_array)
         .ok_or_else(|| Unsupported::new("messages", "messages must be an array"))?;
@@ -428,7 +596,7 @@ fn messages(messages: Option<&Value>) -> Result<(Vec<Value>, Vec<Value>), Unsupp
                 push(&mut out, "user", blocks);
             }
             Some("assistant") => {
-                let mut blocks = Vec::new();
+                let mut blocks = replayed_thinking(m);
                 match content {
                     Value::String(s) if !s.trim().is_empty() => {
                         blocks.push(json!({"type": "text", "text": s}))
@@ -454,7 +622,7 @@ fn messages(messages: Option<&Value>) -> Result<(Vec<Value>, Vec<Value>), Unsupp
                     }
                     blocks.push(json!({
                         "type": "tool_use",
-                        "id": tool_id(call["id"].as_str().unwrap_or("")),
+                        "id": caps::tool_id(call["id"].as_str().unwrap_or(""), ids),
                         "name": name,
                         "input": tool_input(&call["function"]["arguments"]),
                     }));
@@ -477,8 +645,7 @@ fn messages(messages: Option<&Value>) -> Result<(Vec<Value>, Vec<Value>), Unsupp
                     ),
                     _ => Value::from(""),
                 };
-                let block =
-                    json!({"type": "tool_result", "tool_use_id": tool_id(id), "content": result});
+                let block = json!({"type": "tool_result", "tool_use_id": caps::tool_id(id, ids), "content": result});
                 // Results go first in the user turn that follows the assistant's calls.
                 match out.last_mut() {
                     Some((r, existing)) if r == "user" => {
@@ -591,13 +758,15 @@ fn tool_choice(body: &Map<String, Value>, thinking: bool) -> Option<Value> {
     Some(mapped)
 }
 
-/// An Anthropic message → an OpenAI `chat.completion`.
-pub fn response(raw: &[u8], created: u64) -> Result<Bytes, serde_json::Error> {
+/// An Anthropic message → an OpenAI `chat.completion`. With `json_tool`, the input of the
+/// structured-output tool is the answer's content (and the answer ends with `stop`).
+pub fn response(raw: &[u8], created: u64, json_tool: bool) -> Result<Bytes, serde_json::Error> {
     let msg: Value = serde_json::from_slice(raw)?;
     let mut text = String::new();
     let mut reasoning = String::new();
     let mut details = Vec::new();
     let mut calls = Vec::new();
+    let mut structured = false;
     for block in msg["content"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
         match block["type"].as_str() {
             Some("text") => text.push_str(block["text"].as_str().unwrap_or("")),
@@ -609,6 +778,10 @@ pub fn response(raw: &[u8], created: u64) -> Result<Bytes, serde_json::Error> {
             }
             Some("redacted_thinking") => {
                 details.push(json!({"type": "reasoning.encrypted", "data": block["data"]}))
+            }
+            Some("tool_use") if json_tool && block["name"] == JSON_TOOL => {
+                text.push_str(&block["input"].to_string());
+                structured = true;
             }
             Some("tool_use") => calls.push(json!({
                 "id": block["id"],
@@ -623,7 +796,8 @@ pub fn response(raw: &[u8], created: u64) -> Result<Bytes, serde_json::Error> {
         "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::from(text) },
         "refusal": null,
     });
-    if !calls.is_empty() {
+    let has_calls = !calls.is_empty();
+    if has_calls {
         message["tool_calls"] = Value::Array(calls);
     }
     if !details.is_empty() {
@@ -641,7 +815,10 @@ pub fn response(raw: &[u8], created: u64) -> Result<Bytes, serde_json::Error> {
             "index": 0,
             "message": message,
             "logprobs": null,
-            "finish_reason": finish_reason_from_anthropic(msg["stop_reason"].as_str()),
+            "finish_reason": match (structured && !has_calls, msg["stop_reason"].as_str()) {
+                (true, Some("tool_use")) => "stop",
+                (_, reason) => finish_reason_from_anthropic(reason),
+            },
         }],
         "usage": chat_usage_from_anthropic(n("input_tokens"), n("output_tokens"),
             n("cache_read_input_tokens"), n("cache_creation_input_tokens")),

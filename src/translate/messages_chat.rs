@@ -11,7 +11,10 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use super::{TranslatedRequest, Unsupported};
+use super::caps::{
+    self, Capabilities, MaxTokensField, ReasoningReplay, StructuredOutput, ThinkingMode,
+};
+use super::{TargetInfo, TranslatedRequest, Unsupported};
 use crate::config::ProviderKind;
 
 /// Client fields dropped (and reported) on this route.
@@ -43,13 +46,10 @@ const MAPPED: &[&str] = &[
 /// Claude Code's per-request system block (`x-anthropic-billing-header: cc_version=…`).
 const BILLING_PREFIX: &str = "x-anthropic-billing-header:";
 
-/// Translates a Messages body into a Chat Completions body for `model` on a provider of
-/// `kind` (OpenAI's own API takes `max_completion_tokens` and `reasoning_effort`).
-pub fn request(
-    raw: &[u8],
-    model: &str,
-    kind: ProviderKind,
-) -> Result<TranslatedRequest, Unsupported> {
+/// Translates a Messages body into a Chat Completions body for `target` (which max-tokens
+/// field, reasoning control, structured output and history replay its capabilities say).
+pub fn request(raw: &[u8], target: &TargetInfo) -> Result<TranslatedRequest, Unsupported> {
+    let (model, kind, caps) = (target.model, target.kind, target.caps);
     let body: Map<String, Value> = serde_json::from_slice(raw)
         .map_err(|e| Unsupported::new("", format!("request body is not a JSON object: {e}")))?;
     let mut dropped: Vec<String> = body
@@ -75,13 +75,19 @@ pub fn request(
     if !system.is_empty() {
         messages.push(json!({"role": "system", "content": system}));
     }
-    convert_messages(body.get("messages"), &mut messages, &mut cache_control)?;
+    convert_messages(
+        body.get("messages"),
+        &mut messages,
+        &mut cache_control,
+        caps,
+    )?;
     out.insert("messages".into(), Value::Array(messages));
     if let Some(n) = body.get("max_tokens").and_then(Value::as_u64) {
-        let field = match kind {
-            ProviderKind::OpenAi => "max_completion_tokens",
-            _ => "max_tokens",
+        let field = match caps.max_tokens_field {
+            MaxTokensField::MaxCompletionTokens => "max_completion_tokens",
+            MaxTokensField::MaxTokens => "max_tokens",
         };
+        let n = caps.max_output_tokens.map_or(n, |cap| n.min(cap));
         out.insert(field.into(), Value::from(n));
     }
     for f in ["temperature", "top_p"] {
@@ -115,11 +121,11 @@ pub fn request(
             }
         }
     }
-    match (reasoning_effort(&body), kind) {
-        (Some(effort), ProviderKind::OpenAi) => {
+    match (reasoning_effort(&body), caps.thinking) {
+        (Some(effort), ThinkingMode::Effort) => {
             out.insert("reasoning_effort".into(), Value::from(effort));
         }
-        // OpenAI-compatible servers differ on how (and whether) they take it.
+        // Servers without a known reasoning control: the capability table says none.
         (Some(_), _) => dropped.push("thinking".into()),
         (None, _) => {}
     }
@@ -128,18 +134,31 @@ pub fn request(
         .and_then(|c| c.get("format"))
         .filter(|f| f["type"] == "json_schema")
     {
-        out.insert(
-            "response_format".into(),
-            json!({"type": "json_schema", "json_schema": {
-                "name": "structured_output", "schema": format["schema"], "strict": false}}),
-        );
+        match caps.structured_output {
+            StructuredOutput::Native => {
+                out.insert(
+                    "response_format".into(),
+                    json!({"type": "json_schema", "json_schema": {
+                        "name": "structured_output", "schema": format["schema"], "strict": false}}),
+                );
+            }
+            _ => dropped.push("output_config.format".into()),
+        }
     }
-    if let Some(user) = body
+    let user_id = body
         .get("metadata")
         .and_then(|m| m.get("user_id"))
-        .and_then(Value::as_str)
-    {
+        .and_then(Value::as_str);
+    // A plain id passes as `user`; Claude Code's JSON blob (device and session ids) does
+    // not: it is no user name, and strict servers cap the field's length.
+    if let Some(user) = user_id.filter(|u| !u.is_empty() && u.len() <= 64 && !u.starts_with('{')) {
         out.insert("user".into(), Value::from(user));
+    }
+    if kind == ProviderKind::OpenAi {
+        // One conversation keeps one cache key, so OpenAI's prefix cache finds it again.
+        if let Some(session) = user_id.and_then(session_id) {
+            out.insert("prompt_cache_key".into(), Value::from(session));
+        }
     }
     if cache_control {
         dropped.push("cache_control".into());
@@ -152,7 +171,22 @@ pub fn request(
         body: Bytes::from(body),
         dropped,
         include_usage: true,
+        json_tool: false,
     })
+}
+
+/// The session id in Claude Code's `metadata.user_id`: a JSON string with `session_id`
+/// (current versions) or `…_session_<uuid>` (older ones).
+fn session_id(user_id: &str) -> Option<String> {
+    if user_id.starts_with('{') {
+        let v: Value = serde_json::from_str(user_id).ok()?;
+        return v["session_id"]
+            .as_str()
+            .filter(|s| !s.is_empty() && s.len() <= 64)
+            .map(str::to_string);
+    }
+    let (_, s) = user_id.rsplit_once("_session_")?;
+    (!s.is_empty() && s.len() <= 64).then(|| s.to_string())
 }
 
 /// `thinking` / `output_config.effort` → an OpenAI reasoning effort.
@@ -219,7 +253,9 @@ fn convert_messages(
     messages: Option<&Value>,
     out: &mut Vec<Value>,
     cache_control: &mut bool,
+    caps: &Capabilities,
 ) -> Result<(), Unsupported> {
+    let id = |v: &Value| Value::from(caps::tool_id(v.as_str().unwrap_or(""), caps.tool_ids));
     let list = messages
         .and_then(Value::as_array)
         .ok_or_else(|| Unsupported::new("messages", "messages must be an array"))?;
@@ -235,22 +271,32 @@ fn convert_messages(
         match m["role"].as_str() {
             Some("assistant") => {
                 let mut text = String::new();
+                let mut reasoning = String::new();
                 let mut calls = Vec::new();
                 for b in &blocks {
                     match b["type"].as_str() {
                         Some("text") => text.push_str(b["text"].as_str().unwrap_or("")),
+                        Some("thinking") => {
+                            reasoning.push_str(b["thinking"].as_str().unwrap_or(""))
+                        }
                         Some("tool_use") => calls.push(json!({
-                            "id": b["id"],
+                            "id": id(&b["id"]),
                             "type": "function",
                             "function": {"name": b["name"], "arguments": b["input"].to_string()},
                         })),
-                        _ => {} // thinking is not replayed to OpenAI-compatible targets
+                        _ => {}
                     }
                 }
                 let mut msg = json!({"role": "assistant",
                     "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::from(text) }});
                 if !calls.is_empty() {
                     msg["tool_calls"] = Value::Array(calls);
+                }
+                // Thinking goes back only to targets that require their own reasoning.
+                if caps.reasoning_replay == ReasoningReplay::ReasoningContent
+                    && !reasoning.is_empty()
+                {
+                    msg["reasoning_content"] = Value::from(reasoning);
                 }
                 out.push(msg);
             }
@@ -285,7 +331,7 @@ fn convert_messages(
                             if b["is_error"] == Value::Bool(true) {
                                 text = format!("Error: {text}");
                             }
-                            out.push(json!({"role": "tool", "tool_call_id": b["tool_use_id"], "content": text}));
+                            out.push(json!({"role": "tool", "tool_call_id": id(&b["tool_use_id"]), "content": text}));
                         }
                         Some("text") => {
                             parts.push(json!({"type": "text", "text": b["text"]}));
@@ -406,7 +452,8 @@ pub fn response(raw: &[u8]) -> Result<Bytes, serde_json::Error> {
     let m = &choice["message"];
     let mut content = Vec::new();
     if let Some(r) = reasoning_text(m) {
-        content.push(json!({"type": "thinking", "thinking": r, "signature": ""}));
+        content.push(json!({"type": "thinking", "thinking": r,
+            "signature": super::openai_stream::SYNTHETIC_SIGNATURE}));
     }
     let text = [m["content"].as_str(), m["refusal"].as_str()]
         .into_iter()

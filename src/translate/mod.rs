@@ -9,13 +9,14 @@
 //! [`openai_stream`]).
 
 pub mod anthropic_stream;
+pub mod caps;
 pub mod chat_messages;
 pub mod messages_chat;
 pub mod openai_stream;
 mod sse;
 
-use crate::config::ProviderKind;
-use crate::format::ApiFormat;
+use crate::config::Provider;
+use crate::format::{ApiFormat, Family};
 
 /// A translation between a client format and an upstream dialect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,17 +28,49 @@ pub enum Translation {
 }
 
 impl Translation {
-    /// The translation a client format needs to reach a provider of `kind`; `None` when
-    /// the provider speaks the format (identity) or no translator exists for the pair.
-    pub fn plan(client: ApiFormat, kind: ProviderKind) -> Option<Self> {
-        match (client, kind) {
-            (ApiFormat::OpenAiChat, ProviderKind::Anthropic) => Some(Translation::ChatToMessages),
-            (
-                ApiFormat::AnthropicMessages,
-                ProviderKind::OpenAi | ProviderKind::OpenAiCompatible,
-            ) => Some(Translation::MessagesToChat),
+    /// A translator from `client` to a family `provider` speaks natively, if one exists.
+    pub fn plan(client: ApiFormat, provider: &Provider) -> Option<Self> {
+        let speaks = |f| provider.formats.speaks(f);
+        match client {
+            ApiFormat::OpenAiChat if speaks(Family::Messages) => Some(Translation::ChatToMessages),
+            ApiFormat::AnthropicMessages if speaks(Family::Chat) => {
+                Some(Translation::MessagesToChat)
+            }
             _ => None,
         }
+    }
+
+    /// How a `client` request reaches `provider`: `Ok(None)` is identity (the provider
+    /// speaks the format, and translators never touch the request), `Ok(Some)` a
+    /// translation, `Err` why neither is possible (for the client's error and explain).
+    pub fn route(
+        client: ApiFormat,
+        provider: &Provider,
+        allowed: bool,
+    ) -> Result<Option<Self>, String> {
+        if provider.speaks(client) {
+            return Ok(None);
+        }
+        let native = provider
+            .formats
+            .iter()
+            .map(Family::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let Some(t) = Self::plan(client, provider) else {
+            return Err(format!("speaks {native} and cannot take {client} requests"));
+        };
+        if !provider.translate {
+            return Err(format!(
+                "speaks {native}, and its config forbids translating {client} requests (`translate = false`)"
+            ));
+        }
+        if !allowed {
+            return Err(format!(
+                "speaks {native}, and the route forbids translating {client} requests (`translate: false`)"
+            ));
+        }
+        Ok(Some(t))
     }
 
     /// The format sent upstream.
@@ -48,23 +81,27 @@ impl Translation {
         }
     }
 
-    /// The client body in the upstream's format, for `model` on a provider of `kind`.
+    /// The client body in the upstream's format, for `target`.
     pub fn request(
         self,
         raw: &[u8],
-        model: &str,
-        kind: ProviderKind,
+        target: &TargetInfo,
     ) -> Result<TranslatedRequest, Unsupported> {
         match self {
-            Translation::ChatToMessages => chat_messages::request(raw, model),
-            Translation::MessagesToChat => messages_chat::request(raw, model, kind),
+            Translation::ChatToMessages => chat_messages::request(raw, target),
+            Translation::MessagesToChat => messages_chat::request(raw, target),
         }
     }
 
-    /// An upstream JSON answer in the client's format.
-    pub fn response(self, raw: &[u8], created: u64) -> Result<bytes::Bytes, serde_json::Error> {
+    /// An upstream JSON answer to `req` in the client's format.
+    pub fn response(
+        self,
+        raw: &[u8],
+        created: u64,
+        req: &TranslatedRequest,
+    ) -> Result<bytes::Bytes, serde_json::Error> {
         match self {
-            Translation::ChatToMessages => chat_messages::response(raw, created),
+            Translation::ChatToMessages => chat_messages::response(raw, created, req.json_tool),
             Translation::MessagesToChat => messages_chat::response(raw),
         }
     }
@@ -77,18 +114,19 @@ impl Translation {
         }
     }
 
-    /// The state machine for a streamed answer; `client_model` is the name the client
-    /// asked for.
+    /// The state machine for a streamed answer to `req`; `client_model` is the name the
+    /// client asked for.
     pub fn stream(
         self,
         created: u64,
-        include_usage: bool,
+        req: &TranslatedRequest,
         client_model: &str,
     ) -> Box<dyn StreamTranslator> {
         match self {
             Translation::ChatToMessages => Box::new(anthropic_stream::AnthropicToChat::new(
                 created,
-                include_usage,
+                req.include_usage,
+                req.json_tool,
             )),
             Translation::MessagesToChat => {
                 Box::new(openai_stream::OpenAiToAnthropic::new(client_model))
@@ -130,15 +168,29 @@ impl Unsupported {
     }
 }
 
-/// A translated request: the upstream body, and the client fields that were dropped
-/// (reported in `x-keyway-dropped`).
-#[derive(Debug, Clone)]
+/// Where a translated request goes: the model asked for, the provider's kind, and what
+/// the model accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetInfo<'a> {
+    pub model: &'a str,
+    pub kind: crate::config::ProviderKind,
+    pub caps: &'a caps::Capabilities,
+}
+
+/// A translated request: the upstream body, the client fields that were dropped (reported
+/// in `x-keyway-dropped`), and what the answer's translation needs to know.
+#[derive(Debug, Clone, Default)]
 pub struct TranslatedRequest {
     pub body: bytes::Bytes,
     pub dropped: Vec<String>,
     /// The client asked for a usage chunk at the end of its stream.
     pub include_usage: bool,
+    /// Structured output is emulated with the [`JSON_TOOL`] tool: its input is the answer.
+    pub json_tool: bool,
 }
+
+/// The tool that carries structured output on targets without a native mode.
+pub const JSON_TOOL: &str = "json_tool_call";
 
 /// A stream state machine: upstream bytes in (any chunking), client bytes out.
 pub trait StreamTranslator: Send {
@@ -180,4 +232,61 @@ pub fn chat_usage_from_anthropic(
         "cache_read_input_tokens": cache_read,
         "cache_creation_input_tokens": cache_creation,
     })
+}
+
+/// For an Anthropic Messages body on its way to a provider that speaks Messages (an
+/// identity route): thinking blocks whose signature Keyway made up (`kw1:…`, minted when
+/// an OpenAI-compatible model's reasoning reached an Anthropic client) are removed, since
+/// only the provider that signed a block accepts it back. `None` — the common case, found
+/// by one substring search — means the body has none and passes byte for byte.
+///
+/// When such a block opened the last assistant tool turn and the request asks for manual
+/// thinking (which needs that turn to open with signed thinking), thinking is turned off
+/// for this request.
+pub fn strip_synthetic_thinking(body: &[u8]) -> Option<bytes::Bytes> {
+    use serde_json::Value;
+    let needle = format!("\"{}", openai_stream::SYNTHETIC_SIGNATURE_PREFIX);
+    memchr::memmem::find(body, needle.as_bytes())?;
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let synthetic = |b: &Value| {
+        b["type"] == "thinking"
+            && b["signature"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(openai_stream::SYNTHETIC_SIGNATURE_PREFIX))
+    };
+    let mut removed = false;
+    let mut tool_turn_lost_thinking = false;
+    for m in v["messages"].as_array_mut()?.iter_mut() {
+        if m["role"] != "assistant" {
+            continue;
+        }
+        let Some(blocks) = m["content"].as_array_mut() else {
+            continue;
+        };
+        let before = blocks.len();
+        let opened_with_synthetic = blocks.first().is_some_and(synthetic);
+        blocks.retain(|b| !synthetic(b));
+        if blocks.len() != before {
+            removed = true;
+        }
+        if blocks.iter().any(|b| b["type"] == "tool_use") {
+            // Only the last tool turn matters; later turns overwrite earlier ones.
+            tool_turn_lost_thinking = opened_with_synthetic
+                && !blocks
+                    .first()
+                    .is_some_and(|b| b["type"] == "thinking" || b["type"] == "redacted_thinking");
+        }
+        if blocks.is_empty() {
+            blocks.push(serde_json::json!({"type": "text", "text": "(reasoning omitted)"}));
+        }
+    }
+    if !removed {
+        return None;
+    }
+    if tool_turn_lost_thinking && v["thinking"]["type"] == "enabled" {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("thinking");
+        }
+    }
+    serde_json::to_vec(&v).ok().map(bytes::Bytes::from)
 }

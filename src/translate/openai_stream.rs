@@ -20,6 +20,9 @@ use super::messages_chat::{anthropic_usage, reasoning_text, stop_reason};
 /// want a string); they are never sent to Anthropic.
 pub const SYNTHETIC_SIGNATURE: &str = "kw1:unsigned";
 
+/// The prefix of every signature Keyway makes up; such thinking never goes to Anthropic.
+pub const SYNTHETIC_SIGNATURE_PREFIX: &str = "kw1:";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Open {
     None,

@@ -33,6 +33,7 @@ pub struct TestProxyBuilder {
     timeouts: Vec<(String, String)>,
     server: Vec<(String, String)>,
     max_body: Option<u64>,
+    extra: String,
 }
 
 impl TestProxyBuilder {
@@ -60,6 +61,13 @@ impl TestProxyBuilder {
     pub fn provider_setting(mut self, name: &str, value: &str) -> Self {
         let p = self.providers.last_mut().expect("add a provider first");
         p.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// TOML appended to the config as written (e.g. `[[capability]]` tables).
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
         self
     }
 
@@ -221,6 +229,8 @@ impl TestProxyBuilder {
                 toml.push_str("]\n");
             }
         }
+        toml.push('\n');
+        toml.push_str(&self.extra);
         let path = dir.path().join("keyway.toml");
         std::fs::write(&path, toml).unwrap();
         (dir, path, cert)
