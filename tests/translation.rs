@@ -562,7 +562,7 @@ fn route(req) {
     // A policy can see the request's format and how each candidate would be reached.
     let c = routes::resolve(req.model);
     if req.header("x-prefer-identity") == "1" {
-        c.filter(|t| routes::translation(req, if type_of(t) == "map" { t.target } else { t }) == "")
+        c.filter(|t| routes::translation(req, t) == "")
     } else {
         c
     }

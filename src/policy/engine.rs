@@ -132,19 +132,36 @@ fn routes_module(router: Arc<OnceLock<Router>>) -> Module {
                 .collect()
         }))
     });
-    let r = router;
-    m.set_native_fn("translation", move |req: RequestView, target: &str| {
-        let Some(router) = r.get() else {
-            return Err("routes::translation is not available inside init()".into());
+    let translation = move |req: &RequestView, target: &str| -> Dynamic {
+        let Some(router) = router.get() else {
+            return Dynamic::UNIT;
         };
         let id = target.split_once('/').map_or(target, |(p, _)| p);
-        Ok(match router.provider(id) {
+        match router.provider(id) {
             None => Dynamic::UNIT,
             Some(p) => match crate::translate::Translation::route(req.0.format, p, true) {
                 Ok(None) => Dynamic::from(String::new()),
                 Ok(Some(t)) => Dynamic::from(t.label().to_string()),
                 Err(_) => Dynamic::UNIT,
             },
+        }
+    };
+    let t = translation.clone();
+    m.set_native_fn("translation", move |req: RequestView, target: &str| {
+        Ok(t(&req, target))
+    });
+    // A candidate map (`#{ target, connection, translate }`) works too.
+    m.set_native_fn("translation", move |req: RequestView, c: rhai::Map| {
+        let target = c
+            .get("target")
+            .and_then(|v| v.clone().into_immutable_string().ok())
+            .unwrap_or_default();
+        let allowed = c.get("translate").and_then(|v| v.as_bool().ok()) != Some(false);
+        Ok(match translation(&req, &target) {
+            t if !allowed && t.clone().into_immutable_string().is_ok_and(|s| !s.is_empty()) => {
+                Dynamic::UNIT
+            }
+            t => t,
         })
     });
     m
