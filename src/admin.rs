@@ -344,17 +344,14 @@ impl Admin {
             );
         };
         let format = match params.get("endpoint").map(String::as_str) {
-            None | Some("chat.completions") => ApiFormat::OpenAiChat,
-            Some("completions") => ApiFormat::OpenAiCompletions,
-            Some("embeddings") => ApiFormat::OpenAiEmbeddings,
-            Some("messages") => ApiFormat::AnthropicMessages,
-            Some("messages.count_tokens") => ApiFormat::AnthropicCountTokens,
-            Some(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "endpoint is chat.completions, completions, embeddings or messages",
-                )
-            }
+            None => ApiFormat::OpenAiChat,
+            Some(name) => match ApiFormat::parse(name) {
+                Some(f) => f,
+                None => {
+                    let msg = format!("endpoint is one of {}", ApiFormat::names());
+                    return error(StatusCode::BAD_REQUEST, &msg);
+                }
+            },
         };
         let snap = self.runtime.snapshot();
         let req = ExplainRequest {

@@ -208,16 +208,12 @@ fn explain(
     let cfg = config::load(path)?;
     let quota = Arc::new(QuotaState::new(Arc::new(SystemClock)));
     let loaded = Policy::load(&cfg, quota)?;
-    let format = match endpoint {
-        "chat.completions" => ApiFormat::OpenAiChat,
-        "completions" => ApiFormat::OpenAiCompletions,
-        "embeddings" => ApiFormat::OpenAiEmbeddings,
-        "messages" => ApiFormat::AnthropicMessages,
-        "messages.count_tokens" => ApiFormat::AnthropicCountTokens,
-        other => anyhow::bail!(
-            "unknown endpoint `{other}`; use chat.completions, completions, embeddings or messages"
-        ),
-    };
+    let format = ApiFormat::parse(endpoint).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown endpoint `{endpoint}`; use one of {}",
+            ApiFormat::names()
+        )
+    })?;
     let req = ExplainRequest {
         model,
         client,

@@ -18,9 +18,33 @@ pub enum ApiFormat {
     AnthropicMessages,
     /// `POST /v1/messages/count_tokens` (Anthropic token counting)
     AnthropicCountTokens,
+    /// `POST /v1/responses` (OpenAI Responses)
+    OpenAiResponses,
+    /// `POST /v1/responses/compact` (OpenAI remote compaction)
+    OpenAiResponsesCompact,
 }
 
 impl ApiFormat {
+    pub const ALL: [ApiFormat; 7] = [
+        ApiFormat::OpenAiChat,
+        ApiFormat::OpenAiCompletions,
+        ApiFormat::OpenAiEmbeddings,
+        ApiFormat::AnthropicMessages,
+        ApiFormat::AnthropicCountTokens,
+        ApiFormat::OpenAiResponses,
+        ApiFormat::OpenAiResponsesCompact,
+    ];
+
+    /// The format an endpoint name (`chat.completions`, `messages`, `responses` …) names.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+
+    /// Every endpoint name, for error messages.
+    pub fn names() -> String {
+        Self::ALL.map(|f| f.as_str()).join(", ")
+    }
+
     /// The path appended to a provider's `base_url`.
     pub fn upstream_path(self) -> &'static str {
         match self {
@@ -29,6 +53,8 @@ impl ApiFormat {
             ApiFormat::OpenAiEmbeddings => "/embeddings",
             ApiFormat::AnthropicMessages => "/messages",
             ApiFormat::AnthropicCountTokens => "/messages/count_tokens",
+            ApiFormat::OpenAiResponses => "/responses",
+            ApiFormat::OpenAiResponsesCompact => "/responses/compact",
         }
     }
 
@@ -39,6 +65,7 @@ impl ApiFormat {
             ApiFormat::OpenAiChat | ApiFormat::OpenAiCompletions | ApiFormat::OpenAiEmbeddings => {
                 Family::Chat
             }
+            ApiFormat::OpenAiResponses | ApiFormat::OpenAiResponsesCompact => Family::Responses,
         }
     }
 
@@ -46,6 +73,7 @@ impl ApiFormat {
     pub fn dialect(self) -> Dialect {
         match self {
             ApiFormat::AnthropicMessages | ApiFormat::AnthropicCountTokens => Dialect::Anthropic,
+            ApiFormat::OpenAiResponses | ApiFormat::OpenAiResponsesCompact => Dialect::Responses,
             _ => Dialect::OpenAi,
         }
     }
@@ -57,6 +85,8 @@ impl ApiFormat {
             ApiFormat::OpenAiEmbeddings => "embeddings",
             ApiFormat::AnthropicMessages => "messages",
             ApiFormat::AnthropicCountTokens => "messages.count_tokens",
+            ApiFormat::OpenAiResponses => "responses",
+            ApiFormat::OpenAiResponsesCompact => "responses.compact",
         }
     }
 }
@@ -138,4 +168,6 @@ impl Formats {
 pub enum Dialect {
     OpenAi,
     Anthropic,
+    /// OpenAI's error shape; streams end with `response.failed`.
+    Responses,
 }

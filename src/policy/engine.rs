@@ -158,7 +158,11 @@ fn routes_module(router: Arc<OnceLock<Router>>) -> Module {
             .unwrap_or_default();
         let allowed = c.get("translate").and_then(|v| v.as_bool().ok()) != Some(false);
         Ok(match translation(&req, &target) {
-            t if !allowed && t.clone().into_immutable_string().is_ok_and(|s| !s.is_empty()) => {
+            t if !allowed
+                && t.clone()
+                    .into_immutable_string()
+                    .is_ok_and(|s| !s.is_empty()) =>
+            {
                 Dynamic::UNIT
             }
             t => t,

@@ -199,12 +199,13 @@ fn run_case(config: &Config, source: &Arc<str>, text: &str, case: &Case) -> Resu
         quota.lock_for(scope, (secs * 1000.0) as u64, "fixture");
     }
     let format = match case.endpoint.as_deref() {
-        None | Some("chat.completions") => ApiFormat::OpenAiChat,
-        Some("completions") => ApiFormat::OpenAiCompletions,
-        Some("embeddings") => ApiFormat::OpenAiEmbeddings,
-        Some("messages") => ApiFormat::AnthropicMessages,
-        Some("messages.count_tokens") => ApiFormat::AnthropicCountTokens,
-        Some(other) => return Err(format!("unknown endpoint `{other}`")),
+        None => ApiFormat::OpenAiChat,
+        Some(name) => ApiFormat::parse(name).ok_or_else(|| {
+            format!(
+                "unknown endpoint `{name}`; use one of {}",
+                ApiFormat::names()
+            )
+        })?,
     };
     let req = ExplainRequest {
         model: case.model.clone(),

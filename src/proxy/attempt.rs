@@ -182,7 +182,8 @@ impl AttemptContext<'_> {
                         c.increment(1);
                     }
                     let started = Instant::now();
-                    let (outcome, response) = self.try_once(target, key, translated.as_ref()).await;
+                    let (outcome, response) =
+                        self.try_once(target, conn, key, translated.as_ref()).await;
                     let upstream_wait = started.elapsed();
                     let attempt =
                         AttemptView(Arc::new(AttemptInfo::new(number, conn, key, &target.model)));
@@ -273,6 +274,7 @@ impl AttemptContext<'_> {
     async fn try_once(
         &self,
         target: &Target,
+        conn: &Connection,
         key: &ApiKey,
         translated: Option<&TranslatedRequest>,
     ) -> (Outcome, Option<Response<ProxyBody>>) {
@@ -288,6 +290,19 @@ impl AttemptContext<'_> {
                     ApiFormat::AnthropicMessages => {
                         crate::translate::strip_synthetic_thinking(&body).unwrap_or(body)
                     }
+                    // The upstream sees its own id, without Keyway's routing tag.
+                    ApiFormat::OpenAiResponses => match self
+                        .parsed
+                        .previous_response_id
+                        .as_deref()
+                        .and_then(super::stored::split)
+                    {
+                        Some((own, _)) => {
+                            let tagged = self.parsed.previous_response_id.as_deref().unwrap_or("");
+                            super::stored::untag_body(&body, tagged, own)
+                        }
+                        None => body,
+                    },
                     _ => body,
                 };
                 (self.format, body)
@@ -351,14 +366,24 @@ impl AttemptContext<'_> {
                     Err(failure) => (failure, None),
                 };
             }
+            // Response ids name the connection that created them (see `stored`).
+            let tagger = (self.format == ApiFormat::OpenAiResponses).then(|| {
+                Box::new(super::stored::IdTagger::new(super::stored::tag(
+                    &provider.id,
+                    &conn.id,
+                ))) as Box<dyn crate::translate::StreamTranslator>
+            });
             let resp = relay(
                 parts,
                 body,
                 first,
                 provider.id.clone(),
-                dialect,
-                t.stream_idle,
-                self.snap.config.server.max_sse_event_bytes,
+                RelayLimits {
+                    dialect,
+                    idle: t.stream_idle,
+                    max_event: self.snap.config.server.max_sse_event_bytes,
+                },
+                tagger,
             );
             return (outcome, Some(resp));
         }
@@ -517,14 +542,24 @@ async fn read_error_body(body: &mut Incoming, idle: Duration) -> Bytes {
 
 /// The client's response for a committed 2xx: status and filtered headers, the first
 /// frame, then the rest relayed frame by frame.
+/// How a relayed stream is framed and cut: its dialect, idle limit and largest event.
+struct RelayLimits {
+    dialect: Dialect,
+    idle: Duration,
+    max_event: usize,
+}
+
 fn relay(
     mut parts: http::response::Parts,
     body: Incoming,
     first: Option<Bytes>,
     provider: String,
-    dialect: Dialect,
-    idle: Duration,
-    max_event: usize,
+    RelayLimits {
+        dialect,
+        idle,
+        max_event,
+    }: RelayLimits,
+    rewrite: Option<Box<dyn crate::translate::StreamTranslator>>,
 ) -> Response<ProxyBody> {
     let is_sse = parts
         .headers
@@ -533,7 +568,11 @@ fn relay(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let sse = is_sse.then(|| body::SseFraming::new(dialect, max_event));
     upstream::filter_response_headers(&mut parts.headers);
-    let body = RelayBody::with_first(body, first, provider, idle, sse).boxed_unsync();
+    let relay = RelayBody::with_first(body, first, provider, idle, sse);
+    let body = match rewrite {
+        Some(machine) => body::TranslatedBody::new(relay, machine).boxed_unsync(),
+        None => relay.boxed_unsync(),
+    };
     Response::from_parts(parts, body)
 }
 

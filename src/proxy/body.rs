@@ -330,6 +330,13 @@ impl SseFraming {
         Bytes::from(match self.dialect {
             Dialect::OpenAi => format!("data: {body}\n\ndata: [DONE]\n\n"),
             Dialect::Anthropic => format!("event: error\ndata: {body}\n\n"),
+            // Responses clients (Codex) wait for a terminal response event.
+            Dialect::Responses => {
+                let failed = serde_json::json!({"type": "response.failed", "sequence_number": 0,
+                    "response": {"object": "response", "status": "failed", "output": [],
+                        "error": {"code": "stream_interrupted", "message": failure.to_string()}}});
+                format!("event: response.failed\ndata: {failed}\n\n")
+            }
         })
     }
 }

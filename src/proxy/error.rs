@@ -13,8 +13,11 @@ use crate::routing::RouteError;
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// 404
-    #[error("unknown path `{0}`; Keyway serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages and /v1/models")]
+    #[error("unknown path `{0}`; Keyway serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages, /v1/responses and /v1/models")]
     NotFound(String),
+    /// 404: a stored response Keyway cannot find the creator of.
+    #[error("{0}")]
+    StoredNotFound(String),
     /// 405 with `Allow`.
     #[error("method {method} is not allowed on {path}; use {allow}")]
     MethodNotAllowed {
@@ -130,7 +133,7 @@ fn attempts_json(attempts: &[AttemptRecord]) -> serde_json::Value {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
+            ProxyError::NotFound(_) | ProxyError::StoredNotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
@@ -155,6 +158,7 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::NotFound(_) => "unknown_url",
+            ProxyError::StoredNotFound(_) => "response_not_found",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::Unauthorized => "invalid_api_key",
             ProxyError::UriTooLong { .. } => "uri_too_long",
@@ -226,7 +230,7 @@ impl ProxyError {
         }
         if let ProxyError::Unsupported(u) = &self {
             let mut body = error_json(dialect, status, self.code(), &self.to_string());
-            if dialect == Dialect::OpenAi && !u.param.is_empty() {
+            if dialect != Dialect::Anthropic && !u.param.is_empty() {
                 body["error"]["param"] = serde_json::Value::from(u.param.as_str());
             }
             return json_response(status, body);
@@ -242,11 +246,15 @@ impl ProxyError {
 
 /// The error `type` each dialect uses for a status.
 fn error_type(dialect: Dialect, status: StatusCode) -> &'static str {
+    let dialect = match dialect {
+        Dialect::Responses => Dialect::OpenAi, // OpenAI's shape
+        d => d,
+    };
     match (dialect, status.as_u16()) {
-        (Dialect::OpenAi, 401) => "authentication_error",
-        (Dialect::OpenAi, 429) => "rate_limit_error",
-        (Dialect::OpenAi, 400..=499) => "invalid_request_error",
-        (Dialect::OpenAi, _) => "api_error",
+        (Dialect::OpenAi | Dialect::Responses, 401) => "authentication_error",
+        (Dialect::OpenAi | Dialect::Responses, 429) => "rate_limit_error",
+        (Dialect::OpenAi | Dialect::Responses, 400..=499) => "invalid_request_error",
+        (Dialect::OpenAi | Dialect::Responses, _) => "api_error",
         (Dialect::Anthropic, 401) => "authentication_error",
         (Dialect::Anthropic, 403) => "permission_error",
         (Dialect::Anthropic, 404) => "not_found_error",
@@ -267,7 +275,7 @@ pub fn error_json(
 ) -> serde_json::Value {
     let kind = error_type(dialect, status);
     match dialect {
-        Dialect::OpenAi => json!({
+        Dialect::OpenAi | Dialect::Responses => json!({
             "error": { "message": message, "type": kind, "param": null, "code": code }
         }),
         Dialect::Anthropic => json!({

@@ -193,6 +193,7 @@ fn scan_sse(data: &[u8], prompt: &mut Option<u64>, completion: &mut Option<u64>)
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(json.trim()) {
             read_usage(&v["usage"], prompt, completion);
             read_usage(&v["message"]["usage"], prompt, completion);
+            read_usage(&v["response"]["usage"], prompt, completion); // Responses events
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod error;
 mod metered;
 mod models;
 pub mod request;
+pub mod stored;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -228,6 +229,7 @@ impl Proxy {
         let endpoint = request::endpoint(&parts.method, parts.uri.path())?;
         log.endpoint = match endpoint {
             Endpoint::Models => "models",
+            Endpoint::Stored => "responses.stored",
             Endpoint::Api(f) => f.as_str(),
         };
         let client = snap
@@ -237,6 +239,9 @@ impl Proxy {
         log.client = Some(client.to_string());
         let format = match endpoint {
             Endpoint::Models => return Ok(models::list(&snap.config, &parts.headers)),
+            Endpoint::Stored => {
+                return stored::forward(snap, &self.runtime, parts, &mut log.attempts).await
+            }
             Endpoint::Api(format) => format,
         };
         let t = &snap.config.timeouts;
@@ -282,6 +287,12 @@ impl Proxy {
             }
             r => r?,
         };
+        let targets = match parsed.previous_response_id.as_deref() {
+            Some(prev) if format == crate::format::ApiFormat::OpenAiResponses => {
+                pin_to_creator(snap, targets, prev, &parsed.model)?
+            }
+            _ => targets,
+        };
         match ctx.run(&targets, &mut log.attempts).await {
             Ok(resp) => Ok(resp),
             Err(Err(e)) => Err(e),
@@ -299,6 +310,45 @@ impl Proxy {
             }
         }
     }
+}
+
+/// A request continuing a stored response goes to the connection that created it (the
+/// id's tag says which); an untagged id was made elsewhere and routes as usual.
+fn pin_to_creator(
+    snap: &Snapshot,
+    targets: Vec<crate::routing::Target>,
+    prev: &str,
+    model: &str,
+) -> Result<Vec<crate::routing::Target>, ProxyError> {
+    let Some((_, tag)) = stored::split(prev) else {
+        return Ok(targets);
+    };
+    let unsupported = |message: String| {
+        ProxyError::Unsupported(crate::translate::Unsupported::new(
+            "previous_response_id",
+            message,
+        ))
+    };
+    let Some((provider, conn)) = stored::owner(&snap.config, tag) else {
+        return Err(unsupported(format!(
+            "the connection that created `{prev}` is no longer configured; send the whole conversation in `input`"
+        )));
+    };
+    let pinned: Vec<_> = targets
+        .into_iter()
+        .filter(|t| t.provider.id == provider.id && t.translation.is_none())
+        .map(|mut t| {
+            t.connection = Some(conn.id.clone());
+            t
+        })
+        .collect();
+    if pinned.is_empty() {
+        return Err(unsupported(format!(
+            "`{prev}` was created by provider `{}`, which is not a candidate for model `{model}` here",
+            provider.id
+        )));
+    }
+    Ok(pinned)
 }
 
 /// The longest `Retry-After` Keyway tells a client: its longest wait cap.

@@ -20,12 +20,32 @@ use crate::format::{ApiFormat, Dialect};
 pub enum Endpoint {
     Api(ApiFormat),
     Models,
+    /// A response stored at the provider: `GET`/`DELETE /v1/responses/{id}`,
+    /// `POST …/cancel`, `GET …/input_items` (the id is read from the path again).
+    Stored,
+}
+
+/// `(id, rest)` of a stored-response path: `/v1/responses/resp_x/cancel` → (`resp_x`, `/cancel`).
+pub fn stored_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/v1/responses/")?;
+    let (id, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let ok = !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && matches!(tail, "" | "/cancel" | "/input_items");
+    ok.then_some((id, tail))
 }
 
 /// The error dialect for a path, known before the request is otherwise valid.
 pub fn dialect_for_path(path: &str) -> Dialect {
     if path.starts_with("/v1/messages") {
         Dialect::Anthropic
+    } else if path.starts_with("/v1/responses") {
+        Dialect::Responses
     } else {
         Dialect::OpenAi
     }
@@ -41,7 +61,33 @@ pub fn endpoint(method: &Method, path: &str) -> Result<Endpoint, ProxyError> {
             (Endpoint::Api(ApiFormat::AnthropicCountTokens), Method::POST)
         }
         "/v1/models" => (Endpoint::Models, Method::GET),
-        _ => return Err(ProxyError::NotFound(path.to_string())),
+        "/v1/responses" => (Endpoint::Api(ApiFormat::OpenAiResponses), Method::POST),
+        "/v1/responses/compact" => (
+            Endpoint::Api(ApiFormat::OpenAiResponsesCompact),
+            Method::POST,
+        ),
+        p => match stored_path(p) {
+            Some((_, tail)) => {
+                let ok = match tail {
+                    "/cancel" => *method == Method::POST,
+                    "/input_items" => *method == Method::GET,
+                    _ => *method == Method::GET || *method == Method::DELETE,
+                };
+                if ok {
+                    return Ok(Endpoint::Stored);
+                }
+                return Err(ProxyError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    allow: match tail {
+                        "/cancel" => "POST",
+                        "/input_items" => "GET",
+                        _ => "GET, DELETE",
+                    },
+                });
+            }
+            None => return Err(ProxyError::NotFound(path.to_string())),
+        },
     };
     if *method == allowed || (allowed == Method::GET && *method == Method::HEAD) {
         Ok(endpoint)
@@ -190,6 +236,8 @@ pub struct ParsedBody {
     pub stream: bool,
     /// `max_tokens` or `max_completion_tokens`, if given.
     pub max_tokens: Option<u64>,
+    /// `previous_response_id` (Responses API), if given.
+    pub previous_response_id: Option<String>,
     /// Byte range of the `model` value (including its quotes) in `raw`.
     model_span: Range<usize>,
     raw: Bytes,
@@ -205,6 +253,8 @@ struct Probe<'a> {
     max_tokens: Option<&'a RawValue>,
     #[serde(borrow)]
     max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    previous_response_id: Option<&'a RawValue>,
 }
 
 impl ParsedBody {
@@ -227,10 +277,15 @@ impl ParsedBody {
             .max_tokens
             .or(probe.max_completion_tokens)
             .and_then(|v| v.get().parse::<u64>().ok());
+        let previous_response_id = probe
+            .previous_response_id
+            .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+            .filter(|s| !s.is_empty());
         Ok(Self {
             model,
             stream,
             max_tokens,
+            previous_response_id,
             model_span,
             raw,
         })

@@ -258,6 +258,7 @@ pub fn request(raw: &[u8], target: &TargetInfo) -> Result<TranslatedRequest, Uns
         dropped,
         include_usage: body_include_usage(&body_map_usage),
         json_tool,
+        responses: None,
     })
 }
 

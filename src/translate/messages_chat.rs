@@ -172,6 +172,7 @@ pub fn request(raw: &[u8], target: &TargetInfo) -> Result<TranslatedRequest, Uns
         dropped,
         include_usage: true,
         json_tool: false,
+        responses: None,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod caps;
 pub mod chat_messages;
 pub mod messages_chat;
 pub mod openai_stream;
+pub mod responses;
 mod sse;
 
 use crate::config::Provider;
@@ -25,6 +26,10 @@ pub enum Translation {
     ChatToMessages,
     /// Anthropic Messages client, OpenAI Chat Completions upstream.
     MessagesToChat,
+    /// OpenAI Responses client, OpenAI Chat Completions upstream.
+    ResponsesToChat,
+    /// OpenAI Responses client, Anthropic Messages upstream.
+    ResponsesToMessages,
 }
 
 impl Translation {
@@ -35,6 +40,12 @@ impl Translation {
             ApiFormat::OpenAiChat if speaks(Family::Messages) => Some(Translation::ChatToMessages),
             ApiFormat::AnthropicMessages if speaks(Family::Chat) => {
                 Some(Translation::MessagesToChat)
+            }
+            ApiFormat::OpenAiResponses if speaks(Family::Chat) => {
+                Some(Translation::ResponsesToChat)
+            }
+            ApiFormat::OpenAiResponses if speaks(Family::Messages) => {
+                Some(Translation::ResponsesToMessages)
             }
             _ => None,
         }
@@ -57,6 +68,12 @@ impl Translation {
             .map(Family::as_str)
             .collect::<Vec<_>>()
             .join(", ");
+        if client == ApiFormat::OpenAiResponsesCompact {
+            return Err(format!(
+                "speaks {native}; remote compaction needs a provider that speaks responses \
+                 (compact locally instead: Codex does when its provider is not named `openai`)"
+            ));
+        }
         let Some(t) = Self::plan(client, provider) else {
             return Err(format!("speaks {native} and cannot take {client} requests"));
         };
@@ -76,8 +93,10 @@ impl Translation {
     /// The format sent upstream.
     pub fn upstream_format(self) -> ApiFormat {
         match self {
-            Translation::ChatToMessages => ApiFormat::AnthropicMessages,
-            Translation::MessagesToChat => ApiFormat::OpenAiChat,
+            Translation::ChatToMessages | Translation::ResponsesToMessages => {
+                ApiFormat::AnthropicMessages
+            }
+            Translation::MessagesToChat | Translation::ResponsesToChat => ApiFormat::OpenAiChat,
         }
     }
 
@@ -90,6 +109,8 @@ impl Translation {
         match self {
             Translation::ChatToMessages => chat_messages::request(raw, target),
             Translation::MessagesToChat => messages_chat::request(raw, target),
+            Translation::ResponsesToChat => responses::request_chat(raw, target),
+            Translation::ResponsesToMessages => responses::request_messages(raw, target),
         }
     }
 
@@ -103,13 +124,23 @@ impl Translation {
         match self {
             Translation::ChatToMessages => chat_messages::response(raw, created, req.json_tool),
             Translation::MessagesToChat => messages_chat::response(raw),
+            Translation::ResponsesToChat => {
+                responses::response_from_chat(raw, created, &req.responses_context())
+            }
+            Translation::ResponsesToMessages => {
+                let chat = chat_messages::response(raw, created, req.json_tool)?;
+                responses::response_from_chat(&chat, created, &req.responses_context())
+            }
         }
     }
 
     /// An upstream error body in the client's shape, and the status to send.
     pub fn error(self, raw: &[u8], status: u16) -> (u16, bytes::Bytes) {
         match self {
-            Translation::ChatToMessages => chat_messages::error(raw, status),
+            // OpenAI's shape for OpenAI clients (Chat upstreams' own bodies normalised).
+            Translation::ChatToMessages
+            | Translation::ResponsesToChat
+            | Translation::ResponsesToMessages => chat_messages::error(raw, status),
             Translation::MessagesToChat => messages_chat::error(raw, status),
         }
     }
@@ -131,6 +162,23 @@ impl Translation {
             Translation::MessagesToChat => {
                 Box::new(openai_stream::OpenAiToAnthropic::new(client_model))
             }
+            Translation::ResponsesToChat => Box::new(responses::ChatToResponses::new(
+                created,
+                req.responses_context(),
+                client_model,
+            )),
+            Translation::ResponsesToMessages => Box::new(responses::Chain {
+                first: Box::new(anthropic_stream::AnthropicToChat::new(
+                    created,
+                    true,
+                    req.json_tool,
+                )),
+                second: Box::new(responses::ChatToResponses::new(
+                    created,
+                    req.responses_context(),
+                    client_model,
+                )),
+            }),
         }
     }
 
@@ -144,6 +192,8 @@ impl Translation {
         match self {
             Translation::ChatToMessages => "chat-to-messages",
             Translation::MessagesToChat => "messages-to-chat",
+            Translation::ResponsesToChat => "responses-to-chat",
+            Translation::ResponsesToMessages => "responses-to-messages",
         }
     }
 }
@@ -187,6 +237,15 @@ pub struct TranslatedRequest {
     pub include_usage: bool,
     /// Structured output is emulated with the [`JSON_TOOL`] tool: its input is the answer.
     pub json_tool: bool,
+    /// For Responses clients: tool origins and what the response object echoes.
+    pub responses: Option<std::sync::Arc<responses::ResponsesContext>>,
+}
+
+impl TranslatedRequest {
+    /// The Responses context (an empty one for requests that had none).
+    pub fn responses_context(&self) -> std::sync::Arc<responses::ResponsesContext> {
+        self.responses.clone().unwrap_or_default()
+    }
 }
 
 /// The tool that carries structured output on targets without a native mode.

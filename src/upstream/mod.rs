@@ -105,12 +105,36 @@ pub fn build_request(
     query: Option<&str>,
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+    build(
+        provider,
+        http::Method::POST,
+        format.upstream_path(),
+        key,
+        client_headers,
+        query,
+        body,
+    )
+}
+
+/// A request for `method` and an API path under the provider's base URL.
+pub fn build(
+    provider: &Provider,
+    method: http::Method,
+    api_path: &str,
+    key: &ApiKey,
+    client_headers: &HeaderMap,
+    query: Option<&str>,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, UpstreamError> {
     let query = query.filter(|q| provider.forward_query && !q.is_empty());
     let uri = provider
         .base_url
-        .join(format.upstream_path(), query)
+        .join(api_path, query)
         .map_err(|e| UpstreamError::Build(e.to_string()))?;
-    let mut req = Request::post(uri)
+    let has_body = !body.is_empty();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
         .body(Full::new(body))
         .map_err(|e| UpstreamError::Build(e.to_string()))?;
     let headers = req.headers_mut();
@@ -137,10 +161,14 @@ pub fn build_request(
         }
     }
     headers.insert(header::HOST, host_value(&provider.base_url.authority)?);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    if has_body {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    } else {
+        headers.remove(header::CONTENT_TYPE);
+    }
     Ok(req)
 }
 

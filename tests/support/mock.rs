@@ -345,7 +345,18 @@ async fn handle(
         tokio::time::sleep(reply.latency).await;
     }
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let mut resp = if let Some(custom) = &reply.body {
+    let stored = parts
+        .uri
+        .path()
+        .strip_prefix("/v1/responses/")
+        .filter(|r| *r != "compact");
+    let mut resp = if let (Some(rest), None) = (stored, &reply.body) {
+        guard.finish();
+        json_response(
+            reply.status,
+            stored_response(&parts.method, rest).to_string(),
+        )
+    } else if let Some(custom) = &reply.body {
         guard.finish();
         json_response(reply.status, custom.clone())
     } else if request["stream"] == Value::Bool(true) && reply.status == 200 {
@@ -415,6 +426,61 @@ fn model_of(request: &Value) -> String {
         .to_string()
 }
 
+/// What OpenAI answers for a stored response (the mock keeps none; any id exists).
+fn stored_response(method: &http::Method, rest: &str) -> Value {
+    let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    match (method.as_str(), tail) {
+        ("DELETE", _) => json!({"id": id, "object": "response", "deleted": true}),
+        (_, "input_items") => {
+            json!({"object": "list", "data": [], "first_id": null, "last_id": null, "has_more": false})
+        }
+        (_, "cancel") => {
+            json!({"id": id, "object": "response", "status": "cancelled", "output": []})
+        }
+        _ => json!({"id": id, "object": "response", "created_at": 0, "status": "completed",
+                    "model": "mock-model", "output": [], "usage": null}),
+    }
+}
+
+/// A Responses output item for a planned call: `custom_tool_call` when the mock made
+/// free-text input, `function_call` otherwise.
+fn responses_call_item(c: &turns::Call, status: &str) -> Value {
+    match c.args.strip_prefix("custom:") {
+        Some(input) => {
+            json!({"id": format!("ctc_{}", c.id), "type": "custom_tool_call", "status": status,
+            "call_id": c.id, "name": c.name, "input": if status == "completed" { input } else { "" }})
+        }
+        None => json!({"id": format!("fc_{}", c.id), "type": "function_call", "status": status,
+            "call_id": c.id, "name": c.name, "arguments": if status == "completed" { c.args.as_str() } else { "" }}),
+    }
+}
+
+/// The output items of a Responses turn.
+fn responses_output(turn: &turns::Turn) -> Vec<Value> {
+    let mut out = Vec::new();
+    if let Some(t) = &turn.thinking {
+        out.push(json!({"id": "rs_mock", "type": "reasoning",
+            "summary": [{"type": "summary_text", "text": t}], "encrypted_content": "gAAAAmock-openai-reasoning"}));
+    }
+    out.push(
+        json!({"id": "msg_mock", "type": "message", "role": "assistant", "status": "completed",
+        "content": [{"type": "output_text", "text": turn.text, "annotations": []}]}),
+    );
+    out.extend(
+        turn.calls
+            .iter()
+            .map(|c| responses_call_item(c, "completed")),
+    );
+    out
+}
+
+fn responses_object(request: &Value, status: &str, output: Vec<Value>, usage: Value) -> Value {
+    json!({"id": "resp_mock1", "object": "response", "created_at": 0, "status": status,
+        "model": model_of(request), "output": output, "error": null, "incomplete_details": null,
+        "previous_response_id": request["previous_response_id"], "parallel_tool_calls": true,
+        "tool_choice": "auto", "tools": [], "usage": usage})
+}
+
 /// The non-streaming body for an endpoint.
 fn generate(path: &str, request: &Value, reply: &Reply) -> Value {
     let model = model_of(request);
@@ -422,6 +488,17 @@ fn generate(path: &str, request: &Value, reply: &Reply) -> Value {
     let text: String = (0..words).map(|i| format!("tok{i} ")).collect();
     if path.ends_with("/messages/count_tokens") {
         return json!({"input_tokens": 42});
+    }
+    if path.ends_with("/responses/compact") {
+        return json!({"id": "cmp_mock", "object": "response.compaction", "created_at": 0,
+            "output": [{"type": "compaction", "encrypted_content": "gAAAAmock-compaction"}],
+            "usage": {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6}});
+    }
+    if path.ends_with("/responses") {
+        let turn = turns::plan(path, request, text);
+        let usage = json!({"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": words, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 5 + words});
+        return responses_object(request, "completed", responses_output(&turn), usage);
     }
     if path.ends_with("/chat/completions") {
         let turn = turns::plan(path, request, text);
@@ -511,6 +588,91 @@ fn stream_events(path: &str, request: &Value, chunks: usize) -> Vec<String> {
         vec![turn.text.clone()]
     };
     let mut out = Vec::with_capacity(chunks + 12);
+    if path.ends_with("/responses") {
+        let mut seq = 0u64;
+        let mut ev = |name: &str, mut data: Value| {
+            data["type"] = json!(name);
+            data["sequence_number"] = json!(seq);
+            seq += 1;
+            format!("event: {name}\ndata: {data}\n\n")
+        };
+        let null = Value::Null;
+        out.push(ev(
+            "response.created",
+            json!({"response": responses_object(request, "in_progress", vec![], null.clone())}),
+        ));
+        out.push(ev(
+            "response.in_progress",
+            json!({"response": responses_object(request, "in_progress", vec![], null)}),
+        ));
+        let items = responses_output(&turn);
+        for (i, item) in items.iter().enumerate() {
+            match item["type"].as_str() {
+                Some("reasoning") => {
+                    out.push(ev("response.output_item.added", json!({"output_index": i, "item": {"id": "rs_mock", "type": "reasoning", "summary": []}})));
+                    out.push(ev(
+                        "response.output_item.done",
+                        json!({"output_index": i, "item": item}),
+                    ));
+                }
+                Some("message") => {
+                    out.push(ev("response.output_item.added", json!({"output_index": i, "item": {"id": "msg_mock", "type": "message", "role": "assistant", "status": "in_progress", "content": []}})));
+                    out.push(ev("response.content_part.added", json!({"item_id": "msg_mock", "output_index": i, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}})));
+                    for piece in &text_pieces {
+                        out.push(ev("response.output_text.delta", json!({"item_id": "msg_mock", "output_index": i, "content_index": 0, "delta": piece})));
+                    }
+                    out.push(ev("response.output_text.done", json!({"item_id": "msg_mock", "output_index": i, "content_index": 0, "text": turn.text})));
+                    out.push(ev("response.content_part.done", json!({"item_id": "msg_mock", "output_index": i, "content_index": 0, "part": item["content"][0]})));
+                    out.push(ev(
+                        "response.output_item.done",
+                        json!({"output_index": i, "item": item}),
+                    ));
+                }
+                _ => {
+                    let c = &turn.calls[i - items.len() + turn.calls.len()];
+                    let added = responses_call_item(c, "in_progress");
+                    let id = added["id"].clone();
+                    out.push(ev(
+                        "response.output_item.added",
+                        json!({"output_index": i, "item": added}),
+                    ));
+                    if item["type"] == "function_call" {
+                        let (a, b) = halves(&c.args);
+                        for part in [a, b] {
+                            out.push(ev(
+                                "response.function_call_arguments.delta",
+                                json!({"item_id": id, "output_index": i, "delta": part}),
+                            ));
+                        }
+                        out.push(ev(
+                            "response.function_call_arguments.done",
+                            json!({"item_id": id, "output_index": i, "arguments": c.args}),
+                        ));
+                    } else {
+                        out.push(ev(
+                            "response.custom_tool_call_input.delta",
+                            json!({"item_id": id, "output_index": i, "delta": item["input"]}),
+                        ));
+                        out.push(ev(
+                            "response.custom_tool_call_input.done",
+                            json!({"item_id": id, "output_index": i, "input": item["input"]}),
+                        ));
+                    }
+                    out.push(ev(
+                        "response.output_item.done",
+                        json!({"output_index": i, "item": item}),
+                    ));
+                }
+            }
+        }
+        let usage = json!({"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": chunks, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 5 + chunks});
+        out.push(ev(
+            "response.completed",
+            json!({"response": responses_object(request, "completed", items, usage)}),
+        ));
+        return out;
+    }
     if path.ends_with("/messages") {
         let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
         out.push(ev("message_start", json!({"type": "message_start", "message": {

@@ -22,6 +22,9 @@ pub struct Call {
 /// Plans the reply to `request` on `path`; `text` is what a plain answer would say.
 pub fn plan(path: &str, request: &Value, text: String) -> Turn {
     let anthropic = path.ends_with("/messages");
+    if path.ends_with("/responses") {
+        return plan_responses(request, text);
+    }
     let thinking = if anthropic {
         matches!(
             request["thinking"]["type"].as_str(),
@@ -126,4 +129,68 @@ fn arguments(schema: &Value) -> Value {
         out.insert(name, value);
     }
     Value::Object(out)
+}
+
+/// The turn for a Responses request: function and custom tools, tool results as
+/// `function_call_output` / `custom_tool_call_output` items.
+fn plan_responses(request: &Value, text: String) -> Turn {
+    let thinking = request["reasoning"]["effort"]
+        .as_str()
+        .is_some_and(|e| e != "none")
+        .then(|| "Thinking it over.".to_string());
+    let offered: Vec<(String, Value, bool)> = request["tools"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|t| match t["type"].as_str() {
+            Some("function") => Some((
+                t["name"].as_str()?.to_string(),
+                t["parameters"].clone(),
+                false,
+            )),
+            Some("custom") => Some((t["name"].as_str()?.to_string(), Value::Null, true)),
+            _ => None,
+        })
+        .collect();
+    let answered = request["input"]
+        .as_array()
+        .and_then(|i| i.last())
+        .is_some_and(|l| {
+            matches!(
+                l["type"].as_str(),
+                Some("function_call_output" | "custom_tool_call_output")
+            )
+        });
+    if offered.is_empty() || answered {
+        return Turn {
+            thinking,
+            text: if answered {
+                format!("Done: {text}")
+            } else {
+                text
+            },
+            calls: Vec::new(),
+        };
+    }
+    let calls = offered
+        .iter()
+        .take(2)
+        .enumerate()
+        .map(|(i, (name, schema, custom))| Call {
+            id: format!("call_mock_{i}"),
+            name: name.clone(),
+            args: if *custom {
+                // A custom tool's input is free text (the mock marks it to tell it apart).
+                format!("custom:mock input for {name}")
+            } else {
+                arguments(schema).to_string()
+            },
+        })
+        .collect();
+    Turn {
+        thinking,
+        text: "Let me check.".into(),
+        calls,
+    }
 }
