@@ -249,7 +249,7 @@ async fn codex_shaped_requests_reach_chat_and_messages_providers() {
             .unwrap()
             .to_string();
         assert!(
-            dropped.contains("client_metadata") && dropped.contains("include"),
+            dropped.contains("client_metadata") && !dropped.contains("include"),
             "{dropped}"
         );
         let v: Value = resp.json().await.unwrap();

@@ -81,6 +81,18 @@ fn run_stream(tr: Translation, input: &[u8], req: &TranslatedRequest, cuts: &[us
     out
 }
 
+/// `KEYWAY_BLESS=1` writes an expected file a new case lacks (never overwrites one): the
+/// output is then read and checked by hand against TRANSLATION.md before it is committed.
+fn bless(path: &Path, make: impl FnOnce() -> String) {
+    if std::env::var_os("KEYWAY_BLESS").is_some() && !path.exists() {
+        std::fs::write(path, make()).unwrap();
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap() + "\n"
+}
+
 fn golden(pair: &str, tr: Translation) {
     for dir in cases(pair) {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -121,6 +133,7 @@ fn golden(pair: &str, tr: Translation) {
             .collect();
         assert_eq!(translated.dropped, dropped, "{name}: dropped fields");
         let upstream: Value = serde_json::from_slice(&translated.body).unwrap();
+        bless(&dir.join("upstream_request.json"), || pretty(&upstream));
         if let Some(want) = json(&dir.join("upstream_request.json")) {
             assert_eq!(upstream, want, "{name}: upstream request");
         }
@@ -129,11 +142,15 @@ fn golden(pair: &str, tr: Translation) {
             let got: Value =
                 serde_json::from_slice(&tr.response(&body, 1_700_000_000, &translated).unwrap())
                     .unwrap();
+            bless(&dir.join("client_response.json"), || pretty(&got));
             let want = json(&dir.join("client_response.json")).unwrap();
             assert_eq!(normalise(got), normalise(want), "{name}: client response");
         }
         if let Ok(sse) = std::fs::read(dir.join("upstream_response.sse")) {
             let whole = run_stream(tr, &sse, &translated, &[]);
+            bless(&dir.join("client_response.sse"), || {
+                String::from_utf8(whole.clone()).unwrap()
+            });
             let want = std::fs::read_to_string(dir.join("client_response.sse")).unwrap();
             assert_eq!(
                 sse_payloads(&String::from_utf8(whole.clone()).unwrap()),
@@ -159,6 +176,16 @@ fn chat_to_messages_golden_cases() {
 #[test]
 fn messages_to_chat_golden_cases() {
     golden("messages_to_chat", Translation::MessagesToChat);
+}
+
+#[test]
+fn responses_to_chat_golden_cases() {
+    golden("responses_to_chat", Translation::ResponsesToChat);
+}
+
+#[test]
+fn responses_to_messages_golden_cases() {
+    golden("responses_to_messages", Translation::ResponsesToMessages);
 }
 
 #[test]

@@ -73,7 +73,6 @@ impl ResponsesContext {
 /// Request fields dropped on translated routes (stateful or OpenAI-only).
 const DROPPED: &[&str] = &[
     "store",
-    "include",
     "truncation",
     "background",
     "metadata",
@@ -104,6 +103,7 @@ const MAPPED: &[&str] = &[
     "previous_response_id",
     "conversation",
     "prompt",
+    "include",
 ];
 
 /// Hosted tools only OpenAI runs.
@@ -165,6 +165,14 @@ fn to_chat(raw: &[u8], target: &TargetInfo, for_messages: bool) -> Result<Mapped
         } else if !MAPPED.contains(&k.as_str()) {
             dropped.push(k.clone());
         }
+    }
+    // `reasoning.encrypted_content` is honoured (Keyway's envelope); other includes are not.
+    if body
+        .get("include")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|i| i != "reasoning.encrypted_content"))
+    {
+        dropped.push("include".into());
     }
     let mut ctx = ResponsesContext {
         encrypted: body
@@ -1570,5 +1578,185 @@ impl super::StreamTranslator for Chain {
     }
     fn is_finished(&self) -> bool {
         self.second.is_finished()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::StreamTranslator;
+    use proptest::prelude::*;
+
+    fn ctx() -> Arc<ResponsesContext> {
+        let mut c = ResponsesContext {
+            encrypted: true,
+            ..Default::default()
+        };
+        c.tools.insert("patch".into(), ToolOrigin::Custom);
+        c.tools.insert(
+            "ns__leaf".into(),
+            ToolOrigin::Namespace {
+                namespace: "ns".into(),
+                name: "leaf".into(),
+            },
+        );
+        Arc::new(c)
+    }
+
+    fn chat_upstream() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(&b"data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"r\"}}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning_details\":[{\"type\":\"reasoning.text\",\"text\":\"\",\"signature\":\"S\"}]}}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"patch\",\"arguments\":\"{\\\"input\\\":\"}}]}}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"x\\\"}\"}}]}}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"b\"}]}}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"function\":{\"name\":\"ns__leaf\",\"arguments\":\"{}\"}}]}}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n"[..]),
+            Just(&b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n"[..]),
+            Just(&b"data: {\"error\":{\"message\":\"boom\"}}\n\n"[..]),
+            Just(&b"data: [DONE]\n\n"[..]),
+            Just(&b"data: {nope\n\n"[..]),
+            Just(&b": keep-alive\n\n"[..]),
+        ];
+        (prop::collection::vec(piece, 0..20), any::<prop::sample::Index>()).prop_map(
+            |(pieces, cut)| {
+                let mut bytes = pieces.concat();
+                bytes.truncate(cut.index(bytes.len() + 1));
+                bytes
+            },
+        )
+    }
+
+    fn anthropic_upstream() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(&b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":3}}}\n\n"[..]),
+            Just(&b"data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n"[..]),
+            Just(&b"data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"t\"}}\n\n"[..]),
+            Just(&b"data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":\"S\"}}\n\n"[..]),
+            Just(&b"data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"[..]),
+            Just(&b"data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n"[..]),
+            Just(&b"data: {\"type\":\"content_block_start\",\"index\":2,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"patch\"}}\n\n"[..]),
+            Just(&b"data: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"input\\\":1}\"}}\n\n"[..]),
+            Just(&b"data: {\"type\":\"content_block_stop\",\"index\":2}\n\n"[..]),
+            Just(&b"data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":4}}\n\n"[..]),
+            Just(&b"data: {\"type\":\"message_stop\"}\n\n"[..]),
+            Just(&b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n"[..]),
+            Just(&b"data: {nope\n\n"[..]),
+        ];
+        (prop::collection::vec(piece, 0..20), any::<prop::sample::Index>()).prop_map(
+            |(pieces, cut)| {
+                let mut bytes = pieces.concat();
+                bytes.truncate(cut.index(bytes.len() + 1));
+                bytes
+            },
+        )
+    }
+
+    fn machine(anthropic: bool) -> Box<dyn StreamTranslator> {
+        let second = Box::new(ChatToResponses::new(7, ctx(), "client-model"));
+        if anthropic {
+            Box::new(Chain {
+                first: Box::new(crate::translate::anthropic_stream::AnthropicToChat::new(7, true, false)),
+                second,
+            })
+        } else {
+            second
+        }
+    }
+
+    /// Named events whose name is their type, dense sequence numbers, items opened and
+    /// closed one at a time with rising output indexes, exactly one terminal event, last.
+    fn check(text: &str) -> Result<(), TestCaseError> {
+        let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+        let mut open: Option<u64> = None;
+        let mut next = 0u64;
+        let mut terminals = 0;
+        for (n, e) in events.iter().enumerate() {
+            let (head, data) = e.split_once('\n').unwrap();
+            let name = head.strip_prefix("event: ").unwrap();
+            let v: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+            prop_assert_eq!(v["type"].as_str(), Some(name));
+            prop_assert_eq!(v["sequence_number"].as_u64(), Some(n as u64));
+            match name {
+                "response.output_item.added" => {
+                    prop_assert_eq!(open, None);
+                    prop_assert_eq!(v["output_index"].as_u64(), Some(next));
+                    open = Some(next);
+                    next += 1;
+                }
+                "response.output_item.done" => {
+                    prop_assert_eq!(v["output_index"].as_u64(), open);
+                    open = None;
+                }
+                "response.completed" | "response.incomplete" | "response.failed" => {
+                    terminals += 1;
+                    prop_assert_eq!(n, events.len() - 1, "terminal not last");
+                    if name != "response.failed" {
+                        prop_assert_eq!(open, None, "an item left open");
+                        let output = v["response"]["output"].as_array().unwrap();
+                        prop_assert_eq!(output.len() as u64, next);
+                    }
+                }
+                _ => {
+                    if let Some(i) = v["output_index"].as_u64() {
+                        prop_assert_eq!(Some(i), open);
+                    }
+                }
+            }
+        }
+        prop_assert_eq!(terminals, 1);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(384))]
+
+        #[test]
+        fn any_chat_upstream_gives_a_well_formed_responses_stream(
+            input in chat_upstream(),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let run = |cut: usize| {
+                let mut m = machine(false);
+                let mut out = m.push(&input[..cut]).to_vec();
+                out.extend_from_slice(&m.push(&input[cut..]));
+                out.extend_from_slice(&m.finish());
+                out
+            };
+            let whole = run(input.len());
+            prop_assert_eq!(&whole, &run(split.index(input.len() + 1)));
+            check(&String::from_utf8(whole).unwrap())?;
+        }
+
+        #[test]
+        fn any_anthropic_upstream_gives_a_well_formed_responses_stream(
+            input in anthropic_upstream(),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let run = |cut: usize| {
+                let mut m = machine(true);
+                let mut out = m.push(&input[..cut]).to_vec();
+                out.extend_from_slice(&m.push(&input[cut..]));
+                out.extend_from_slice(&m.finish());
+                out
+            };
+            let whole = run(input.len());
+            prop_assert_eq!(&whole, &run(split.index(input.len() + 1)));
+            check(&String::from_utf8(whole).unwrap())?;
+        }
+    }
+
+    #[test]
+    fn envelopes_round_trip_and_names_stay_short() {
+        let env = json!({"v": 1, "p": "anthropic", "t": "plan", "s": "SIG"});
+        assert_eq!(open_envelope(&envelope(&env)), Some(env));
+        assert_eq!(open_envelope("gAAAA-openai"), None);
+        assert_eq!(flat_name("mcp__gh", "create_issue"), "mcp__gh__create_issue");
+        let long = flat_name(&"n".repeat(40), &"leaf".repeat(10));
+        assert!(long.len() <= 64, "{long}");
+        assert_eq!(long, flat_name(&"n".repeat(40), &"leaf".repeat(10)));
     }
 }
