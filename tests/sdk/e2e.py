@@ -42,7 +42,7 @@ clients = [{{ name = "sdk", key = "env:E2E_CLIENT_KEY" }}]
 id = "openai"
 kind = "openai"
 base_url = "http://127.0.0.1:{mock_port}/v1"
-models = ["gpt-4o", "text-embedding-3-small"]
+models = ["gpt-4o", "gpt-5", "text-embedding-3-small"]
 [[provider.connection]]
 id = "main"
 keys = ["env:E2E_OPENAI_KEY"]
@@ -54,6 +54,14 @@ models = ["claude-3-5-sonnet"]
 [[provider.connection]]
 id = "main"
 keys = ["env:E2E_ANTHROPIC_KEY"]
+[[provider]]
+id = "deepseek"
+kind = "openai-compatible"
+base_url = "http://127.0.0.1:{mock_port}/v1"
+models = ["deepseek-chat"]
+[[provider.connection]]
+id = "main"
+keys = ["env:E2E_OPENAI_KEY"]
 """)
     env = dict(os.environ, RUST_LOG="warn", E2E_CLIENT_KEY="sdk-client-key", E2E_OPENAI_KEY="sk-e2e-openai",
                E2E_ANTHROPIC_KEY="sk-ant-e2e")
@@ -149,10 +157,11 @@ keys = ["env:E2E_ANTHROPIC_KEY"]
             {"role": "tool", "tool_call_id": calls[0]["id"], "content": "18C"}])
         assert reply.choices[0].message.content.startswith("Done:"), reply
         assert reply.choices[0].finish_reason == "stop" and not reply.choices[0].message.tool_calls, reply
-        # The Anthropic SDK with thinking and tools on an OpenAI provider.
+        # The Anthropic SDK with thinking and tools on an OpenAI reasoning model (the
+        # capability table sends `reasoning_effort` to GPT-5, not to GPT-4o).
         ant_tools = [{"name": "get_weather", "description": "Weather in a city",
                       "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
-        with ant.messages.stream(model="gpt-4o", max_tokens=4096, tools=ant_tools,
+        with ant.messages.stream(model="gpt-5", max_tokens=4096, tools=ant_tools,
                                  thinking={"type": "enabled", "budget_tokens": 2048},
                                  messages=[{"role": "user", "content": "weather?"}]) as s:
             final = s.get_final_message()
@@ -168,7 +177,44 @@ keys = ["env:E2E_ANTHROPIC_KEY"]
                                               {"type": "tool_use", "id": use.id, "name": use.name, "input": use.input}]},
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "18C"}]}])
         assert msg.content[0].text.startswith("Done:") and msg.stop_reason == "end_turn", msg
-        print("sdk e2e: 15 passed, 0 failed")
+        # The Responses API: pass-through to OpenAI (ids tagged with the creating
+        # connection, so retrieval and previous_response_id find it), and translated to an
+        # Anthropic and an OpenAI-compatible provider.
+        first = oai.responses.create(model="gpt-4o", input="hi")
+        assert first.output_text == want and first.status == "completed", first
+        assert first.id.startswith("resp_mock1_kw"), first.id
+        assert oai.responses.retrieve(first.id).id == first.id
+        again = oai.responses.create(model="gpt-4o", input="again", previous_response_id=first.id)
+        assert again.previous_response_id == first.id, again
+        weather = [{"type": "function", "name": "get_weather", "description": "Weather in a city",
+                    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+        for model in ("gpt-4o", "claude-3-5-sonnet", "deepseek-chat"):
+            plain = oai.responses.create(model=model, input="hi")
+            assert plain.output_text == want, (model, plain)
+            assert plain.usage.output_tokens == 6, (model, plain.usage)
+            deltas = [e.delta for e in oai.responses.create(model=model, input="hi", stream=True)
+                      if e.type == "response.output_text.delta"]
+            assert "".join(deltas) == want, (model, deltas)
+            with oai.responses.stream(model=model, input="weather?", tools=weather) as s:
+                kinds = [e.type for e in s]
+                final = s.get_final_response()
+            assert "response.function_call_arguments.delta" in kinds, (model, kinds)
+            assert kinds[-1] == "response.completed", (model, kinds)
+            calls = [o for o in final.output if o.type == "function_call"]
+            assert len(calls) == 1 and calls[0].name == "get_weather", (model, final.output)
+            assert json.loads(calls[0].arguments) == {"city": "mock city"}, calls
+            done = oai.responses.create(model=model, tools=weather, input=[
+                {"role": "user", "content": "weather?"},
+                {"type": "function_call", "call_id": calls[0].call_id, "name": "get_weather",
+                 "arguments": calls[0].arguments},
+                {"type": "function_call_output", "call_id": calls[0].call_id, "output": "18C"}])
+            assert done.output_text.startswith("Done:"), (model, done)
+        try:
+            oai.responses.create(model="claude-3-5-sonnet", input="hi", previous_response_id="resp_x")
+            raise AssertionError("previous_response_id accepted on a translated route")
+        except openai.BadRequestError as e:
+            assert e.body["param"] == "previous_response_id", e.body
+        print("sdk e2e: 20 passed, 0 failed")
     finally:
         for p in procs:
             p.terminate()

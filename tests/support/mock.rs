@@ -629,7 +629,7 @@ fn stream_events(path: &str, request: &Value, chunks: usize) -> Vec<String> {
                     ));
                 }
                 _ => {
-                    let c = &turn.calls[i - items.len() + turn.calls.len()];
+                    let c = &turn.calls[i + turn.calls.len() - items.len()];
                     let added = responses_call_item(c, "in_progress");
                     let id = added["id"].clone();
                     out.push(ev(
