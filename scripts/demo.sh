@@ -53,6 +53,12 @@ if $smoke; then
         http://127.0.0.1:8787/v1/messages \
         -d '{"model":"gpt-4o","max_tokens":64,"messages":[{"role":"user","content":"hello"}]}')
   grep -q '"type":"message"' <<<"$out" || { echo "demo smoke: translated messages failed: $out" >&2; exit 1; }
+  # The Responses API (Codex, client.responses) on a Claude model: translated to Messages.
+  out=$(curl -sfN "${auth[@]}" http://127.0.0.1:8787/v1/responses \
+        -d '{"model":"claude-3-5-sonnet","stream":true,"input":"hello"}')
+  grep -q 'event: response.completed' <<<"$out" || { echo "demo smoke: translated responses failed: $out" >&2; exit 1; }
+  out=$(curl -sf "${auth[@]}" http://127.0.0.1:8787/v1/responses -d '{"model":"gpt-4o","input":"hello"}')
+  grep -q '"object":"response"' <<<"$out" || { echo "demo smoke: responses failed: $out" >&2; exit 1; }
   echo "demo smoke: ok"
   exit 0
 fi
@@ -71,6 +77,12 @@ A Claude model through the same OpenAI endpoint (translated to Anthropic's Messa
   curl -N http://127.0.0.1:8787/v1/chat/completions \\
     -H "Authorization: Bearer $KEYWAY_DEMO_CLIENT_KEY" -H "content-type: application/json" \\
     -d '{"model":"claude-3-5-sonnet","stream":true,"messages":[{"role":"user","content":"Hello!"}]}'
+
+The Responses API (what Codex speaks) on the same Claude model, as Responses events:
+
+  curl -N http://127.0.0.1:8787/v1/responses \\
+    -H "Authorization: Bearer $KEYWAY_DEMO_CLIENT_KEY" -H "content-type: application/json" \\
+    -d '{"model":"claude-3-5-sonnet","stream":true,"input":"Hello!"}'
 
 Press Ctrl-C to stop.
 MSG

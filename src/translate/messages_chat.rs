@@ -351,6 +351,13 @@ fn convert_messages(
                     out.push(json!({"role": "user", "content": content}));
                 }
             }
+            // Mid-conversation system text (Claude Code sends it): a system message here.
+            Some("system") => {
+                let text: Vec<&str> = blocks.iter().filter_map(|b| b["text"].as_str()).collect();
+                if !text.is_empty() {
+                    out.push(json!({"role": "system", "content": text.join("\n")}));
+                }
+            }
             other => {
                 return Err(Unsupported::new(
                     format!("messages[{i}].role"),

@@ -1621,13 +1621,15 @@ mod tests {
             Just(&b"data: {nope\n\n"[..]),
             Just(&b": keep-alive\n\n"[..]),
         ];
-        (prop::collection::vec(piece, 0..20), any::<prop::sample::Index>()).prop_map(
-            |(pieces, cut)| {
+        (
+            prop::collection::vec(piece, 0..20),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(pieces, cut)| {
                 let mut bytes = pieces.concat();
                 bytes.truncate(cut.index(bytes.len() + 1));
                 bytes
-            },
-        )
+            })
     }
 
     fn anthropic_upstream() -> impl Strategy<Value = Vec<u8>> {
@@ -1646,20 +1648,24 @@ mod tests {
             Just(&b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n"[..]),
             Just(&b"data: {nope\n\n"[..]),
         ];
-        (prop::collection::vec(piece, 0..20), any::<prop::sample::Index>()).prop_map(
-            |(pieces, cut)| {
+        (
+            prop::collection::vec(piece, 0..20),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(pieces, cut)| {
                 let mut bytes = pieces.concat();
                 bytes.truncate(cut.index(bytes.len() + 1));
                 bytes
-            },
-        )
+            })
     }
 
     fn machine(anthropic: bool) -> Box<dyn StreamTranslator> {
         let second = Box::new(ChatToResponses::new(7, ctx(), "client-model"));
         if anthropic {
             Box::new(Chain {
-                first: Box::new(crate::translate::anthropic_stream::AnthropicToChat::new(7, true, false)),
+                first: Box::new(crate::translate::anthropic_stream::AnthropicToChat::new(
+                    7, true, false,
+                )),
                 second,
             })
         } else {
@@ -1754,7 +1760,10 @@ mod tests {
         let env = json!({"v": 1, "p": "anthropic", "t": "plan", "s": "SIG"});
         assert_eq!(open_envelope(&envelope(&env)), Some(env));
         assert_eq!(open_envelope("gAAAA-openai"), None);
-        assert_eq!(flat_name("mcp__gh", "create_issue"), "mcp__gh__create_issue");
+        assert_eq!(
+            flat_name("mcp__gh", "create_issue"),
+            "mcp__gh__create_issue"
+        );
         let long = flat_name(&"n".repeat(40), &"leaf".repeat(10));
         assert!(long.len() <= 64, "{long}");
         assert_eq!(long, flat_name(&"n".repeat(40), &"leaf".repeat(10)));
