@@ -501,3 +501,51 @@ async fn reasoning_minted_on_a_translated_route_restores_anthropic_thinking() {
         "manual thinking stays on"
     );
 }
+
+#[tokio::test]
+async fn responses_requests_are_logged_and_counted_like_the_others() {
+    let (logs, _guard) = support::logs::Logs::capture();
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::builder()
+        .provider(
+            "openai",
+            "openai",
+            &mock.base_url(),
+            &["gpt-5"],
+            &["sk-metrics-0001"],
+        )
+        .admin(None, true)
+        .start()
+        .await;
+    let resp = proxy
+        .post("/v1/responses")
+        .json(&json!({"model": "gpt-5", "input": "hi", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let lines = logs.wait_requests(1).await;
+    assert!(
+        lines[0].contains("endpoint=\"responses\"")
+            && lines[0].contains("path=/v1/responses")
+            && lines[0].contains("completion_tokens=3"),
+        "{}",
+        lines[0]
+    );
+    let metrics = proxy
+        .http()
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"keyway_requests_total{endpoint="responses",model="gpt-5",status="200"} 1"#
+        ),
+        "{metrics}"
+    );
+}
