@@ -17,6 +17,7 @@ export KEYWAY_DEMO_CLIENT_KEY="demo-client-key"
 export KEYWAY_DEMO_OPENAI_KEY_1="demo-openai-key-1"
 export KEYWAY_DEMO_OPENAI_KEY_2="demo-openai-key-2"
 export KEYWAY_DEMO_ANTHROPIC_KEY="demo-anthropic-key"
+export KEYWAY_DEMO_DEEPSEEK_KEY="demo-deepseek-key"
 
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }

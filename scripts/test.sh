@@ -22,9 +22,11 @@ else
 fi
 echo "== keyway check on the demo config (config, policy, policies/tests fixtures)"
 cargo build --quiet --bin keyway
-KEYWAY_DEMO_CLIENT_KEY=c KEYWAY_DEMO_OPENAI_KEY_1=k1 KEYWAY_DEMO_OPENAI_KEY_2=k2 KEYWAY_DEMO_ANTHROPIC_KEY=k3 \
+KEYWAY_DEMO_CLIENT_KEY=c KEYWAY_DEMO_OPENAI_KEY_1=k1 KEYWAY_DEMO_OPENAI_KEY_2=k2 KEYWAY_DEMO_ANTHROPIC_KEY=k3 KEYWAY_DEMO_DEEPSEEK_KEY=k4 \
   "${CARGO_TARGET_DIR:-target}/debug/keyway" check --config examples/demo/keyway.toml
 echo "== demo smoke (README command 1)"
 scripts/demo.sh --smoke
 echo "== official SDKs end to end"
 scripts/sdk-e2e.sh
+echo "== real coding clients end to end (Claude Code, Codex CLI)"
+scripts/clients-e2e.sh

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 
 #[path = "mock_turns.rs"]
-mod turns;
+pub mod turns;
 
 /// What the mock does for one request.
 #[derive(Clone, Debug)]

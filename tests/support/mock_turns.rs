@@ -4,7 +4,35 @@
 //! from each tool's schema. It thinks first when asked to (Anthropic `thinking`, OpenAI
 //! `reasoning_effort`). Otherwise it answers with text.
 
+use std::sync::OnceLock;
+
 use serde_json::{json, Map, Value};
+
+/// Tool names the mock calls in preference when a client offers them (`--call-tools`): a
+/// coding client offers dozens, and the mock should pick a harmless one (`Read`, not
+/// `Agent`). Unset: the first two offered.
+static PREFERRED: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Sets the preferred tools, once per process.
+pub fn prefer_tools(names: Vec<String>) {
+    let _ = PREFERRED.set(names);
+}
+
+/// The tools to call among those offered (name and schema, in offer order).
+fn pick<T: Clone>(offered: &[(String, T)]) -> Vec<(String, T)> {
+    if let Some(pref) = PREFERRED.get().filter(|p| !p.is_empty()) {
+        let chosen: Vec<_> = offered
+            .iter()
+            .filter(|(n, _)| pref.contains(n))
+            .take(2)
+            .cloned()
+            .collect();
+        if !chosen.is_empty() {
+            return chosen;
+        }
+    }
+    offered.iter().take(2).cloned().collect()
+}
 
 pub struct Turn {
     pub thinking: Option<String>,
@@ -73,9 +101,8 @@ pub fn plan(path: &str, request: &Value, text: String) -> Turn {
     } else {
         "call_mock_"
     };
-    let calls = offered
+    let calls = pick(&offered)
         .iter()
-        .take(2)
         .enumerate()
         .map(|(i, (name, schema))| Call {
             id: format!("{prefix}{i}"),
@@ -138,7 +165,7 @@ fn plan_responses(request: &Value, text: String) -> Turn {
         .as_str()
         .is_some_and(|e| e != "none")
         .then(|| "Thinking it over.".to_string());
-    let offered: Vec<(String, Value, bool)> = request["tools"]
+    let offered: Vec<(String, (Value, bool))> = request["tools"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or(&[])
@@ -146,10 +173,9 @@ fn plan_responses(request: &Value, text: String) -> Turn {
         .filter_map(|t| match t["type"].as_str() {
             Some("function") => Some((
                 t["name"].as_str()?.to_string(),
-                t["parameters"].clone(),
-                false,
+                (t["parameters"].clone(), false),
             )),
-            Some("custom") => Some((t["name"].as_str()?.to_string(), Value::Null, true)),
+            Some("custom") => Some((t["name"].as_str()?.to_string(), (Value::Null, true))),
             _ => None,
         })
         .collect();
@@ -173,11 +199,10 @@ fn plan_responses(request: &Value, text: String) -> Turn {
             calls: Vec::new(),
         };
     }
-    let calls = offered
+    let calls = pick(&offered)
         .iter()
-        .take(2)
         .enumerate()
-        .map(|(i, (name, schema, custom))| Call {
+        .map(|(i, (name, (schema, custom)))| Call {
             id: format!("call_mock_{i}"),
             name: name.clone(),
             args: if *custom {
