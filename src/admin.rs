@@ -279,6 +279,10 @@ impl Admin {
                 "hash": snap.policy.hash,
                 "loaded_at_ms": snap.policy.loaded_at_ms,
                 "routes": snap.policy.router().table().len(),
+                // Hooks that only delegate to a native run it directly (no script call).
+                "native_hooks": snap.policy.native_hooks().into_iter()
+                    .map(|(hook, native)| (hook.to_string(), Value::from(native)))
+                    .collect::<serde_json::Map<String, Value>>(),
             },
             "config": snap.config.path.display().to_string(),
             "ready": self.runtime.is_ready(),

@@ -58,7 +58,7 @@ pub enum Command {
         /// The client name the request comes from.
         #[arg(long, default_value = "cli")]
         client: String,
-        /// chat.completions, completions, embeddings or messages.
+        /// chat.completions, completions, embeddings, messages, messages.count_tokens, responses or responses.compact.
         #[arg(long, default_value = "chat.completions")]
         endpoint: String,
         /// Output JSON instead of text.
@@ -231,6 +231,17 @@ fn explain(
         "model `{}` with policy {} ({})",
         ex.model, ex.policy, ex.policy_hash
     );
+    if !ex.native_hooks.is_empty() {
+        let hooks: Vec<String> = ex
+            .native_hooks
+            .iter()
+            .map(|(hook, native)| format!("{hook} ({native})"))
+            .collect();
+        println!(
+            "  hooks run natively, without a script call: {}",
+            hooks.join(", ")
+        );
+    }
     if ex.candidates.is_empty() {
         println!("  no candidates: the request would get 404 model_not_found");
     }

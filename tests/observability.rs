@@ -156,7 +156,15 @@ async fn metrics_follow_success_fallback_and_streams() {
     );
     assert_eq!(after["keyway_open_streams"], 0.0);
     assert_eq!(after["keyway_inflight_requests"], 0.0);
-    assert_eq!(d(r#"keyway_policy_evaluations_total{hook="route"}"#), 4.0);
+    // The shipped policy's hooks only delegate: bound to natives at load, no script calls.
+    assert_eq!(
+        d(r#"keyway_policy_evaluations_total{hook="route",mode="native"}"#),
+        4.0
+    );
+    assert_eq!(
+        d(r#"keyway_policy_evaluations_total{hook="on_outcome",mode="script"}"#),
+        0.0
+    );
     assert_eq!(
         d(r#"keyway_key_selections_total{provider="openai",connection="main",key="k0"}"#)
             + d(r#"keyway_key_selections_total{provider="openai",connection="main",key="k1"}"#),

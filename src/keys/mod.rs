@@ -43,6 +43,19 @@ impl Rotation {
             Rotation::Random => "random",
         }
     }
+
+    pub const ALL: [Rotation; 5] = [
+        Rotation::RoundRobin,
+        Rotation::Weighted,
+        Rotation::LeastUsed,
+        Rotation::FillFirst,
+        Rotation::Random,
+    ];
+
+    /// The rotation a `keys::` function name stands for.
+    pub fn from_native_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
 }
 
 /// Per-key counters.

@@ -187,13 +187,7 @@ pub fn key_usable(quota: &QuotaState, c: &ConnView, index: usize) -> bool {
 
 fn keys_module(quota: Arc<QuotaState>) -> Module {
     let mut m = Module::new();
-    for rotation in [
-        Rotation::RoundRobin,
-        Rotation::Weighted,
-        Rotation::LeastUsed,
-        Rotation::FillFirst,
-        Rotation::Random,
-    ] {
+    for rotation in Rotation::ALL {
         let q = quota.clone();
         m.set_native_fn(rotation.as_str(), move |c: &mut ConnView| {
             let picked = c

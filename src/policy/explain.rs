@@ -58,6 +58,8 @@ pub struct Explanation {
     pub policy: String,
     pub policy_hash: String,
     pub candidates: Vec<CandidateReport>,
+    /// Hooks bound to a native function at load (no script call), and what runs instead.
+    pub native_hooks: Vec<(&'static str, String)>,
     /// Active locks: scope, seconds left, reason.
     pub locks: Vec<(String, f64, String)>,
 }
@@ -153,6 +155,7 @@ pub fn explain(
         policy: policy.source.to_string(),
         policy_hash: policy.hash.clone(),
         candidates: out,
+        native_hooks: policy.native_hooks(),
         locks: quota
             .active_locks()
             .into_iter()

@@ -11,6 +11,7 @@
 //! | `on_outcome(req, attempt, outcome)` | per attempt | `"return"`, `"next"`, `"next_connection"`, `"next_target"`; `()` for the native default |
 
 pub mod defaults;
+mod elide;
 mod engine;
 pub mod explain;
 pub mod fixtures;
@@ -93,6 +94,10 @@ pub enum PolicyError {
 /// Metric handles per hook, registered once per load.
 struct HookMetrics {
     by_hook: [(metrics::Counter, metrics::Histogram, metrics::Counter); 4],
+    /// Hook decisions made by an elided hook's native function, by hook.
+    native: [metrics::Counter; 4],
+    /// Script calls made, all hooks (a deterministic count for tests and budgets).
+    script_calls: std::sync::atomic::AtomicU64,
 }
 
 const HOOK_NAMES: [&str; 4] = ["init", "route", "select_key", "on_outcome"];
@@ -101,14 +106,23 @@ impl HookMetrics {
     fn new() -> Self {
         let m = |hook: &'static str| {
             (
-                metrics::counter!(crate::metrics::POLICY_EVALUATIONS, "hook" => hook),
+                metrics::counter!(crate::metrics::POLICY_EVALUATIONS, "hook" => hook, "mode" => "script"),
                 metrics::histogram!(crate::metrics::POLICY_EVAL_TIME, "hook" => hook),
                 metrics::counter!(crate::metrics::POLICY_ERRORS, "hook" => hook),
             )
         };
         Self {
             by_hook: HOOK_NAMES.map(m),
+            native: HOOK_NAMES.map(|hook| {
+                metrics::counter!(crate::metrics::POLICY_EVALUATIONS, "hook" => hook, "mode" => "native")
+            }),
+            script_calls: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    fn native(&self, hook: &str) {
+        let i = HOOK_NAMES.iter().position(|h| *h == hook).unwrap_or(0);
+        self.native[i].increment(1);
     }
 
     fn get(&self, hook: &str) -> &(metrics::Counter, metrics::Histogram, metrics::Counter) {
@@ -127,6 +141,8 @@ struct Hooks {
 /// One loaded policy snapshot.
 pub struct Policy {
     hook_metrics: HookMetrics,
+    /// Hooks that only delegate to a native, bound to it at load.
+    elided: elide::Elided,
     engine: Engine,
     ast: AST,
     hooks: Hooks,
@@ -217,8 +233,12 @@ impl Policy {
             location: source.to_string(),
             message,
         })?;
+        static BUILTIN_ON_OUTCOME: OnceLock<Option<String>> = OnceLock::new();
+        let builtin = BUILTIN_ON_OUTCOME.get_or_init(|| elide::builtin_on_outcome(&engine));
+        let elided = elide::Elided::find(&ast, text, builtin.as_deref());
         let mut policy = Self {
             hook_metrics: HookMetrics::new(),
+            elided,
             engine,
             ast,
             hooks,
@@ -257,7 +277,29 @@ impl Policy {
         &self.quota
     }
 
+    /// Hooks that run natively, and what runs instead (for explain and `/admin/state`).
+    pub fn native_hooks(&self) -> Vec<(&'static str, String)> {
+        self.elided.describe()
+    }
+
+    /// The same policy with every hook run as written (tests compare both ways).
+    #[doc(hidden)]
+    pub fn scripted(mut self) -> Self {
+        self.elided = elide::Elided::default();
+        self
+    }
+
+    /// Script calls made so far by this policy (every hook), for budgets in tests.
+    pub fn script_calls(&self) -> u64 {
+        self.hook_metrics
+            .script_calls
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn call(&self, hook: &'static str, args: impl FuncArgs) -> Result<Dynamic, PolicyError> {
+        self.hook_metrics
+            .script_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let started = std::time::Instant::now();
         let _deadline = engine::DeadlineGuard::set(self.settings.call_timeout);
         let mut scope = Scope::new();
@@ -328,6 +370,16 @@ impl Policy {
 
     /// `route(req)`: the candidates, in order.
     pub fn route(&self, req: &RequestView) -> Result<Vec<Candidate>, PolicyError> {
+        if self.elided.route {
+            // Exactly what the script returns: `provider/model` with the model spelled out.
+            self.hook_metrics.native("route");
+            let model = &req.0.model;
+            let mut out = self.default_route(model);
+            for c in &mut out {
+                c.spec.model = Some(c.spec.model_for(model).to_string());
+            }
+            return Ok(out);
+        }
         let value = self.call("route", (req.clone(),))?;
         candidates(value).map_err(|m| self.failed("route", m))
     }
@@ -340,6 +392,14 @@ impl Policy {
     ) -> Result<Option<usize>, PolicyError> {
         if !self.hooks.select_key {
             return Ok(defaults::select_key(&self.quota, conn));
+        }
+        if let Some(rotation) = self.elided.select_key {
+            // What `keys::<rotation>(conn)` returns, then the fallback a `()` gets.
+            self.hook_metrics.native("select_key");
+            let picked = conn.pool.select(rotation, &conn.conn, |i, _| {
+                engine::key_usable(&self.quota, conn, i)
+            });
+            return Ok(picked.or_else(|| defaults::select_key(&self.quota, conn)));
         }
         let value = self.call("select_key", (req.clone(), conn.clone()))?;
         if value.is_unit() {
@@ -374,7 +434,10 @@ impl Policy {
         attempt: &AttemptView,
         outcome: &OutcomeView,
     ) -> Result<Decision, PolicyError> {
-        if !self.hooks.on_outcome {
+        if !self.hooks.on_outcome || self.elided.on_outcome {
+            if self.elided.on_outcome {
+                self.hook_metrics.native("on_outcome");
+            }
             return Ok(defaults::on_outcome(&self.quota, &attempt.0, &outcome.0));
         }
         let value = self.call(

@@ -205,8 +205,9 @@ fn request_credentials_are_invisible_to_scripts() {
     assert_eq!(p.route(&r).unwrap()[0].spec.model.as_deref(), Some("a"));
 }
 
-/// The shipped main.rhai and the native defaults make the same decision and set the same
-/// locks for every outcome class.
+/// The shipped main.rhai run as a script, the same policy with its hooks bound to natives
+/// at load, and the native defaults make the same decision and set the same locks for
+/// every outcome class.
 #[test]
 fn main_rhai_matches_the_native_defaults() {
     let cfg = config();
@@ -231,10 +232,13 @@ fn main_rhai_matches_the_native_defaults() {
         if let Some(r) = retry {
             headers.insert("retry-after", r.parse().unwrap());
         }
-        let run = |scripted: bool| {
+        let run = |mode: u8| {
+            let scripted = mode < 2;
             let (clock, q) = quota();
             let p =
                 Policy::compile(Arc::from("main.rhai"), BUILTIN_POLICY, &cfg, q.clone()).unwrap();
+            let p = if mode == 0 { p.scripted() } else { p };
+            let calls_before = p.script_calls();
             let mut decisions = Vec::new();
             // Three in a row, so streak-based rules (auth invalid, server cool-down) show.
             for _ in 0..3 {
@@ -257,9 +261,12 @@ fn main_rhai_matches_the_native_defaults() {
                 decisions.push(d);
                 clock.advance_ms(1);
             }
+            let script_calls = p.script_calls() - calls_before;
+            assert_eq!(script_calls, if mode == 0 { 3 } else { 0 }, "mode {mode}");
             (decisions, q.active_locks())
         };
-        assert_eq!(run(true), run(false), "{status} {body}");
+        assert_eq!(run(0), run(2), "{status} {body}: script vs native defaults");
+        assert_eq!(run(1), run(2), "{status} {body}: elided vs native defaults");
     }
 }
 
@@ -293,4 +300,43 @@ fn select_key_rotators_skip_locked_and_tried_keys() {
         ..view(&[1])
     };
     assert_eq!(p.select_key(&req("gpt-4o-mini"), &other).unwrap(), Some(0));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// `route` and `select_key` bound to natives pick exactly what the script picks, for any
+    /// sequence of selections under any locks and tried keys.
+    #[test]
+    fn elided_hooks_decide_like_the_script(
+        steps in proptest::collection::vec((0usize..4, proptest::bits::u8::between(0, 3), 0u8..3), 1..24),
+    ) {
+        let cfg = config();
+        let conn = cfg.providers[0].connections[0].clone();
+        let run = |scripted: bool| {
+            let (_, q) = quota();
+            let p = Policy::compile(Arc::from("main.rhai"), BUILTIN_POLICY, &cfg, q.clone()).unwrap();
+            let p = if scripted { p.scripted() } else { p };
+            let registry = KeyRegistry::new(&cfg);
+            let mut out = Vec::new();
+            for (lock, tried, model) in &steps {
+                let model = ["gpt-4o", "gpt-4o-mini", "openai/gpt-4o"][*model as usize];
+                if *lock < conn.keys.len() {
+                    q.lock_for(&Scopes::key_model(&conn, &conn.keys[*lock], model), 5, "rate_limited");
+                }
+                let tried: Vec<usize> = (0..conn.keys.len()).filter(|i| tried & (1 << i) != 0).collect();
+                let view = ConnView {
+                    conn: conn.clone(),
+                    pool: registry.pool(&conn),
+                    model: Arc::from(model),
+                    tried: Arc::from(tried.as_slice()),
+                };
+                let r = req(model);
+                let routed: Vec<_> = p.route(&r).unwrap().into_iter().map(|c| (c.spec, c.connection)).collect();
+                out.push((routed, p.select_key(&r, &view).unwrap()));
+            }
+            out
+        };
+        proptest::prop_assert_eq!(run(true), run(false));
+    }
 }
