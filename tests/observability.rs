@@ -361,3 +361,73 @@ async fn admin_reload_reports_its_result() {
     assert_eq!(v["result"], "ok");
     assert_eq!(v["applied"], json!(["policy"]));
 }
+
+/// A budget that cannot flake: script calls per request on the success path, counted, not
+/// timed. The shipped policy's hooks only delegate, so they run natively (0 calls); a
+/// policy whose hooks do their own thing makes exactly one call per hook (3).
+#[tokio::test]
+async fn script_calls_per_request_stay_within_budget() {
+    const CUSTOM: &str = r#"
+fn route(req) {
+    if req.header("x-tier") == "batch" { ["openai/gpt-4o-mini"] } else { routes::resolve(req.model) }
+}
+fn select_key(req, conn) {
+    if req.client == "nobody" { keys::fill_first(conn) } else { keys::round_robin(conn) }
+}
+fn on_outcome(req, attempt, outcome) {
+    if outcome.class == "ok" { quota::hit("ok:" + attempt.provider, 60); "return" } else { "next" }
+}
+"#;
+    let hooks = ["route", "select_key", "on_outcome"];
+    for (policy, per_request) in [(None, 0.0), (Some(CUSTOM), 1.0)] {
+        let mock = MockUpstream::start().await;
+        let mut builder = TestProxy::builder()
+            .admin(Some(ADMIN_TOKEN), false)
+            .provider(
+                "openai",
+                "openai",
+                &mock.base_url(),
+                &["gpt-4o", "gpt-4o-mini"],
+                &["sk-a", "sk-b"],
+            );
+        if let Some(p) = policy {
+            builder = builder.policy(p);
+        }
+        let proxy = builder.start().await;
+        let before = scrape(&proxy).await;
+        const N: u32 = 20;
+        for _ in 0..N {
+            let resp = proxy
+                .post("/v1/chat/completions")
+                .json(&chat("gpt-4o"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.bytes().await.unwrap();
+        }
+        let after = scrape(&proxy).await;
+        for hook in hooks {
+            let script = delta(
+                &before,
+                &after,
+                &format!(r#"keyway_policy_evaluations_total{{hook="{hook}",mode="script"}}"#),
+            );
+            let native = delta(
+                &before,
+                &after,
+                &format!(r#"keyway_policy_evaluations_total{{hook="{hook}",mode="native"}}"#),
+            );
+            assert_eq!(
+                script,
+                per_request * N as f64,
+                "{hook}: script calls ({policy:?})"
+            );
+            assert_eq!(
+                script + native,
+                N as f64,
+                "{hook}: one decision per request"
+            );
+        }
+    }
+}

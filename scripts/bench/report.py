@@ -32,18 +32,35 @@ def render(r):
     p50_nginx = med([x["p50_us"] for x in w1["nginx"]])
     out.append(f"### 1. Non-streaming chat, {r['w1_conns']} connections, closed loop (wrk, {r['w1_secs']} s per round)")
     out.append("")
-    out.append("| target | req/s | × direct | × nginx | p50 | p99 | p99.9 | added p50 vs direct | vs nginx | errors |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    out.append("| target | req/s | × direct | × nginx | proxy CPU/req (user + sys) | CPU × nginx | p50 | p99 | p99.9 | "
+               "added p50 vs direct | vs nginx | errors |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def cpu(runs):
+        if not runs or "cpu_user_us" not in runs[0]:
+            return None
+        return (med([x["cpu_user_us"] for x in runs]), med([x["cpu_sys_us"] for x in runs]))
+
+    nginx_cpu = cpu(w1.get("nginx", []))
     for name, label in [("direct", "direct to upstream"), ("nginx", "nginx proxy"), ("keyway", "Keyway (HTTP)"),
-                        ("keyway_tls", "Keyway (TLS)"), ("keyway_heavy", "Keyway, 30 routes × 10 keys")]:
+                        ("keyway_tls", "Keyway (TLS)"), ("keyway_heavy", "Keyway, 30 routes × 10 keys"),
+                        ("keyway_custom", "Keyway, custom policy (every hook scripted)")]:
         runs = w1.get(name, [])
         if not runs:
             continue
         rps = med([x["rps"] for x in runs])
         p50 = med([x["p50_us"] for x in runs])
-        out.append(f"| {label} | {rps:,.0f} | {rps / base_direct:.2f} | {rps / base_nginx:.2f} | {fmt_us(p50)} | "
+        c = cpu(runs)
+        cpu_cell = f"{c[0] + c[1]:.1f} µs ({c[0]:.1f} + {c[1]:.1f})" if c else "–"
+        ratio = f"{(c[0] + c[1]) / (nginx_cpu[0] + nginx_cpu[1]):.2f}" if c and nginx_cpu else "–"
+        out.append(f"| {label} | {rps:,.0f} | {rps / base_direct:.2f} | {rps / base_nginx:.2f} | {cpu_cell} | {ratio} | "
+                   f"{fmt_us(p50)} | "
                    f"{fmt_us(med([x['p99_us'] for x in runs]))} | {fmt_us(med([x['p999_us'] for x in runs]))} | "
                    f"{fmt_us(p50 - p50_direct)} | {fmt_us(p50 - p50_nginx)} | {sum(x['errors'] for x in runs)} |")
+    out.append("")
+    out.append("CPU/req is the proxy process's CPU time (all its threads; nginx: its workers) over the "
+               "requests served in the round. On this 2-core box throughput is CPU-bound, so "
+               "**CPU × nginx** is the headline efficiency figure.")
     out.append("")
     w2 = r["w2"]
     out.append(f"### 2. Fixed rate {r['w2_rate']} req/s (oha, {r['w2_secs']} s per round, latency corrected)")

@@ -63,10 +63,36 @@ def proc_status(pid, field):
 
 
 def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    user, sys_ = cpu_split(pid)
+    return user + sys_
+
+
+def cpu_split(pid):
+    """(user, system) CPU seconds of a process and its live children (nginx workers)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    user = sys_ = 0
+    for p in [pid] + children(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        user += int(fields[11])
+        sys_ += int(fields[12])
+    return user / ticks, sys_ / ticks
+
+
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                pass
+    return out
 
 
 def write(path, text):
@@ -141,6 +167,38 @@ def heavy_policy():
     main_rhai = main_rhai.replace("        routes: [\n", "        routes: [\n" + routes +
                                   '            #{ model: "gpt-4o*", targets: ["fast/*"] },\n', 1)
     write(os.path.join(d, "main.rhai"), main_rhai)
+    return d
+
+
+def custom_policy():
+    """A policy whose hooks cannot be bound to natives: `route` branches on a request
+    header, `select_key` picks by the client, `on_outcome` counts successes in a window
+    (so "scripts in the path" stays honest next to the shipped policy)."""
+    d = os.path.join(WORK, "custom-policy")
+    os.makedirs(d, exist_ok=True)
+    write(os.path.join(d, "main.rhai"), """
+fn route(req) {
+    if req.header("x-tier") == "batch" {
+        ["fast/gpt-4o-mini"]
+    } else {
+        routes::resolve(req.model)
+    }
+}
+fn select_key(req, conn) {
+    if req.client == "nobody" { keys::fill_first(conn) } else { keys::round_robin(conn) }
+}
+fn on_outcome(req, attempt, outcome) {
+    if outcome.class == "ok" {
+        quota::hit("ok:" + attempt.provider, 60);
+        "return"
+    } else if outcome.class == "rate_limited" {
+        quota::lock(attempt.key_model_scope, outcome.retry_after ?? 30, "rate_limited");
+        "next"
+    } else {
+        "next"
+    }
+}
+""")
     return d
 
 
@@ -225,7 +283,7 @@ def main():
     P = PROFILES[args.mode]
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
-    ports = {k: free_port() for k in ["up", "ngx", "ngx_s", "mock", "kw", "kws", "kwh"]}
+    ports = {k: free_port() for k in ["up", "ngx", "ngx_s", "mock", "kw", "kws", "kwh", "kwc"]}
     cert, key = os.path.join(WORK, "cert.pem"), os.path.join(WORK, "key.pem")
     sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
         key, "-out", cert, "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
@@ -252,6 +310,9 @@ def main():
         ("keyway-heavy", [os.path.join(REL, "keyway"), "run", "-c",
                           keyway_conf("keyway-heavy", ports["kwh"], ports["up"], ports["mock"], keys=10,
                                       policy_dir=heavy_policy())], ports["kwh"]),
+        ("keyway-custom", [os.path.join(REL, "keyway"), "run", "-c",
+                           keyway_conf("keyway-custom", ports["kwc"], ports["up"], ports["mock"],
+                                       policy_dir=custom_policy())], ports["kwc"]),
     ]
     procs = {}
     try:
@@ -265,9 +326,14 @@ def main():
         path = "/v1/chat/completions"
         w1_targets = {"direct": f"http://127.0.0.1:{ports['up']}{path}", "nginx": f"http://127.0.0.1:{ports['ngx']}{path}",
                       "keyway": f"http://127.0.0.1:{ports['kw']}{path}", "keyway_tls": f"https://127.0.0.1:{ports['kws']}{path}",
-                      "keyway_heavy": f"http://127.0.0.1:{ports['kwh']}{path}"}
+                      "keyway_heavy": f"http://127.0.0.1:{ports['kwh']}{path}",
+                      "keyway_custom": f"http://127.0.0.1:{ports['kwc']}{path}"}
+        # The process whose CPU a target's proxying costs (direct: none).
+        w1_procs = {"nginx": procs["nginx-proxy"].pid, "keyway": procs["keyway"].pid,
+                    "keyway_tls": procs["keyway-tls"].pid, "keyway_heavy": procs["keyway-heavy"].pid,
+                    "keyway_custom": procs["keyway-custom"].pid}
         w1 = {k: [] for k in w1_targets}
-        w2_targets = {k: v for k, v in w1_targets.items() if k != "keyway_heavy"}
+        w2_targets = {k: v for k, v in w1_targets.items() if k not in ("keyway_heavy", "keyway_custom")}
         w2 = {k: [] for k in w2_targets}
         w3_targets = {"direct": f"http://127.0.0.1:{ports['mock']}{path}", "nginx": f"http://127.0.0.1:{ports['ngx_s']}{path}",
                       "keyway": f"http://127.0.0.1:{ports['kw']}{path}"}
@@ -279,8 +345,19 @@ def main():
         for rnd in range(P["rounds"]):
             print(f"round {rnd + 1}/{P['rounds']}", flush=True)
             for name, url in w1_targets.items():
-                w1[name].append(wrk(url, P["w1_secs"], P["w1_conns"]))
-                print(f"  w1 {name}: {w1[name][-1]['rps']:.0f} req/s", flush=True)
+                pid = w1_procs.get(name)
+                before = cpu_split(pid) if pid else (0.0, 0.0)
+                res = wrk(url, P["w1_secs"], P["w1_conns"])
+                if pid:
+                    after = cpu_split(pid)
+                    n = max(res["requests"], 1)
+                    # CPU per request of the proxy process: the efficiency figure on a box
+                    # where throughput is CPU-bound.
+                    res["cpu_user_us"] = (after[0] - before[0]) * 1e6 / n
+                    res["cpu_sys_us"] = (after[1] - before[1]) * 1e6 / n
+                w1[name].append(res)
+                cpu = f", proxy CPU {res['cpu_user_us'] + res['cpu_sys_us']:.1f} µs/req" if pid else ""
+                print(f"  w1 {name}: {res['rps']:.0f} req/s{cpu}", flush=True)
             for name, url in w2_targets.items():
                 w2[name].append(fixed_rate(url, P["w2_secs"], P["w2_rate"]))
                 print(f"  w2 {name}: p50 {w2[name][-1]['p50_us']:.0f} µs p99 {w2[name][-1]['p99_us']:.0f} µs", flush=True)
