@@ -88,18 +88,32 @@ pub struct Outcome {
 impl Outcome {
     /// The outcome of a response with these headers and (for errors) this body text.
     pub fn from_response(status: StatusCode, headers: &HeaderMap, body: &str, now_ms: u64) -> Self {
+        Self::from_response_with(status, headers, body, now_ms, true)
+    }
+
+    /// [`from_response`](Self::from_response); `keep_headers` false when no script will
+    /// read `outcome.header(…)` (the headers are then not copied).
+    pub fn from_response_with(
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &str,
+        now_ms: u64,
+        keep_headers: bool,
+    ) -> Self {
         let class = classify(status, body);
-        let remaining = |kind: &str| {
-            [
-                format!("x-ratelimit-remaining-{kind}"),
-                format!("anthropic-ratelimit-{kind}-remaining"),
-            ]
-            .iter()
-            .filter_map(|n| headers.get(n.as_str()))
-            .filter_map(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-            .next()
+        let remaining = |names: [&str; 2]| {
+            names
+                .iter()
+                .filter_map(|n| headers.get(*n))
+                .filter_map(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                .next()
         };
-        let lower = body.to_ascii_lowercase();
+        let daily = !body.is_empty() && {
+            let lower = body.to_ascii_lowercase();
+            ["daily", "per day", "requests per day", "rpd"]
+                .iter()
+                .any(|w| lower.contains(w))
+        };
         Self {
             class,
             status: Some(status.as_u16()),
@@ -108,13 +122,25 @@ impl Outcome {
             } else {
                 retry_after::retry_after_ms(headers, body, now_ms)
             },
-            daily: ["daily", "per day", "requests per day", "rpd"]
-                .iter()
-                .any(|w| lower.contains(w)),
-            remaining_requests: remaining("requests"),
-            remaining_tokens: remaining("tokens"),
-            message: error_message(body),
-            headers: headers.clone(),
+            daily,
+            remaining_requests: remaining([
+                "x-ratelimit-remaining-requests",
+                "anthropic-ratelimit-requests-remaining",
+            ]),
+            remaining_tokens: remaining([
+                "x-ratelimit-remaining-tokens",
+                "anthropic-ratelimit-tokens-remaining",
+            ]),
+            message: if body.is_empty() {
+                String::new()
+            } else {
+                error_message(body)
+            },
+            headers: if keep_headers {
+                headers.clone()
+            } else {
+                HeaderMap::new()
+            },
         }
     }
 

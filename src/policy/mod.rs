@@ -289,6 +289,11 @@ impl Policy {
         self
     }
 
+    /// Whether `on_outcome` runs as a script (which may read `outcome.header(…)`).
+    pub fn scripts_on_outcome(&self) -> bool {
+        self.hooks.on_outcome && !self.elided.on_outcome
+    }
+
     /// Script calls made so far by this policy (every hook), for budgets in tests.
     pub fn script_calls(&self) -> u64 {
         self.hook_metrics

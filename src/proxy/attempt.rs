@@ -109,8 +109,13 @@ impl AttemptContext<'_> {
         let mut number = 0u32;
         'targets: for target in targets {
             let provider = &target.provider;
-            let model_scope = Scopes::model(&provider.id, &target.model);
-            if let Some(lock) = self.active_lock(&model_scope) {
+            // Scope names are built only when some lock exists (the common case has none).
+            let model_lock = if self.quota().has_no_locks() {
+                None
+            } else {
+                self.active_lock(&Scopes::model(&provider.id, &target.model))
+            };
+            if let Some(lock) = model_lock {
                 note(lock.until_ms);
                 records.push(skip(target, "-", &lock, "model locked"));
                 continue;
@@ -141,8 +146,12 @@ impl AttemptContext<'_> {
                 .iter()
                 .filter(|c| target.connection.as_ref().is_none_or(|id| &c.id == id));
             for conn in conns {
-                let conn_scope = Scopes::connection(conn);
-                if let Some(lock) = self.active_lock(&conn_scope) {
+                let conn_lock = if self.quota().has_no_locks() {
+                    None
+                } else {
+                    self.active_lock(&Scopes::connection(conn))
+                };
+                if let Some(lock) = conn_lock {
                     note(lock.until_ms);
                     records.push(skip(target, &conn.id, &lock, "connection cooling down"));
                     continue;
@@ -355,7 +364,13 @@ impl AttemptContext<'_> {
                 Ok(Some(Ok(frame))) => frame.into_data().ok(),
                 Ok(None) => None,
             };
-            let outcome = Outcome::from_response(status, &parts.headers, "", now);
+            let outcome = Outcome::from_response_with(
+                status,
+                &parts.headers,
+                "",
+                now,
+                self.snap.policy.scripts_on_outcome(),
+            );
             redactor.redact_headers(&mut parts.headers);
             if let (Some(tr), Some(req)) = (target.translation, translated) {
                 return match self
@@ -393,8 +408,13 @@ impl AttemptContext<'_> {
             Some(clean) => Bytes::from(clean),
             None => text,
         };
-        let mut outcome =
-            Outcome::from_response(status, &parts.headers, &String::from_utf8_lossy(&text), now);
+        let mut outcome = Outcome::from_response_with(
+            status,
+            &parts.headers,
+            &String::from_utf8_lossy(&text),
+            now,
+            self.snap.policy.scripts_on_outcome(),
+        );
         outcome.cap_wait(&self.snap.config.policy);
         upstream::filter_response_headers(&mut parts.headers);
         redactor.redact_headers(&mut parts.headers);
