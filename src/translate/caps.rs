@@ -87,6 +87,17 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// Puts a client's output-token limit into a Chat Completions body: the field this
+    /// target takes, lowered to its cap.
+    pub fn insert_max_tokens(&self, out: &mut serde_json::Map<String, serde_json::Value>, n: u64) {
+        let field = match self.max_tokens_field {
+            MaxTokensField::MaxCompletionTokens => "max_completion_tokens",
+            MaxTokensField::MaxTokens => "max_tokens",
+        };
+        let n = self.max_output_tokens.map_or(n, |cap| n.min(cap));
+        out.insert(field.into(), serde_json::Value::from(n));
+    }
+
     /// The defaults for a provider kind, used where no table entry says otherwise.
     pub fn for_kind(kind: ProviderKind) -> Self {
         match kind {

@@ -11,9 +11,7 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use super::caps::{
-    self, Capabilities, MaxTokensField, ReasoningReplay, StructuredOutput, ThinkingMode,
-};
+use super::caps::{self, Capabilities, ReasoningReplay, StructuredOutput, ThinkingMode};
 use super::{TargetInfo, TranslatedRequest, Unsupported};
 use crate::config::ProviderKind;
 
@@ -83,12 +81,7 @@ pub fn request(raw: &[u8], target: &TargetInfo) -> Result<TranslatedRequest, Uns
     )?;
     out.insert("messages".into(), Value::Array(messages));
     if let Some(n) = body.get("max_tokens").and_then(Value::as_u64) {
-        let field = match caps.max_tokens_field {
-            MaxTokensField::MaxCompletionTokens => "max_completion_tokens",
-            MaxTokensField::MaxTokens => "max_tokens",
-        };
-        let n = caps.max_output_tokens.map_or(n, |cap| n.min(cap));
-        out.insert(field.into(), Value::from(n));
+        caps.insert_max_tokens(&mut out, n);
     }
     for f in ["temperature", "top_p"] {
         if let Some(v) = body.get(f).filter(|v| v.is_number()) {

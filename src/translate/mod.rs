@@ -349,3 +349,29 @@ pub fn strip_synthetic_thinking(body: &[u8]) -> Option<bytes::Bytes> {
     }
     serde_json::to_vec(&v).ok().map(bytes::Bytes::from)
 }
+
+/// Test helpers shared by the stream machines' property tests.
+#[cfg(test)]
+pub(crate) fn run_split(m: &mut dyn StreamTranslator, input: &[u8], cut: usize) -> Vec<u8> {
+    let mut out = m.push(&input[..cut]).to_vec();
+    out.extend_from_slice(&m.push(&input[cut..]));
+    out.extend_from_slice(&m.finish());
+    out
+}
+
+/// Up to 20 upstream events from `piece`, concatenated and cut at a random byte.
+#[cfg(test)]
+pub(crate) fn truncated_stream(
+    piece: impl proptest::strategy::Strategy<Value = &'static [u8]>,
+) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    (
+        prop::collection::vec(piece, 0..20),
+        any::<prop::sample::Index>(),
+    )
+        .prop_map(|(pieces, cut)| {
+            let mut bytes = pieces.concat();
+            bytes.truncate(cut.index(bytes.len() + 1));
+            bytes
+        })
+}

@@ -426,7 +426,6 @@ fn emit(out: &mut BytesMut, event: &str, data: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::StreamTranslator;
     use proptest::prelude::*;
 
     fn upstream() -> impl Strategy<Value = Vec<u8>> {
@@ -444,15 +443,7 @@ mod tests {
             Just(&b"data: {nope\n\n"[..]),
             Just(&b": keep-alive\n\n"[..]),
         ];
-        (
-            prop::collection::vec(piece, 0..20),
-            any::<prop::sample::Index>(),
-        )
-            .prop_map(|(pieces, cut)| {
-                let mut bytes = pieces.concat();
-                bytes.truncate(cut.index(bytes.len() + 1));
-                bytes
-            })
+        crate::translate::truncated_stream(piece)
     }
 
     proptest! {
@@ -467,11 +458,7 @@ mod tests {
             split in any::<prop::sample::Index>(),
         ) {
             let run = |cut: usize| {
-                let mut m = OpenAiToAnthropic::new("m");
-                let mut out = m.push(&input[..cut]).to_vec();
-                out.extend_from_slice(&m.push(&input[cut..]));
-                out.extend_from_slice(&m.finish());
-                out
+                crate::translate::run_split(&mut OpenAiToAnthropic::new("m"), &input, cut)
             };
             let whole = run(input.len());
             prop_assert_eq!(&whole, &run(split.index(input.len() + 1)));

@@ -24,7 +24,7 @@ use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
-use super::caps::{MaxTokensField, ReasoningReplay, StructuredOutput, ThinkingMode};
+use super::caps::{ReasoningReplay, StructuredOutput, ThinkingMode};
 use super::sse::{EventMachine, EventReader};
 use super::{TargetInfo, TranslatedRequest, Unsupported};
 use crate::config::ProviderKind;
@@ -359,12 +359,7 @@ fn to_chat(raw: &[u8], target: &TargetInfo, for_messages: bool) -> Result<Mapped
         if for_messages {
             out.insert("max_completion_tokens".into(), Value::from(n));
         } else {
-            let field = match caps.max_tokens_field {
-                MaxTokensField::MaxCompletionTokens => "max_completion_tokens",
-                MaxTokensField::MaxTokens => "max_tokens",
-            };
-            let n = caps.max_output_tokens.map_or(n, |c| n.min(c));
-            out.insert(field.into(), Value::from(n));
+            caps.insert_max_tokens(&mut out, n);
         }
     }
     for f in ["temperature", "top_p"] {
@@ -1621,15 +1616,7 @@ mod tests {
             Just(&b"data: {nope\n\n"[..]),
             Just(&b": keep-alive\n\n"[..]),
         ];
-        (
-            prop::collection::vec(piece, 0..20),
-            any::<prop::sample::Index>(),
-        )
-            .prop_map(|(pieces, cut)| {
-                let mut bytes = pieces.concat();
-                bytes.truncate(cut.index(bytes.len() + 1));
-                bytes
-            })
+        crate::translate::truncated_stream(piece)
     }
 
     fn anthropic_upstream() -> impl Strategy<Value = Vec<u8>> {
@@ -1648,15 +1635,7 @@ mod tests {
             Just(&b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n"[..]),
             Just(&b"data: {nope\n\n"[..]),
         ];
-        (
-            prop::collection::vec(piece, 0..20),
-            any::<prop::sample::Index>(),
-        )
-            .prop_map(|(pieces, cut)| {
-                let mut bytes = pieces.concat();
-                bytes.truncate(cut.index(bytes.len() + 1));
-                bytes
-            })
+        crate::translate::truncated_stream(piece)
     }
 
     fn machine(anthropic: bool) -> Box<dyn StreamTranslator> {
@@ -1725,15 +1704,9 @@ mod tests {
             input in chat_upstream(),
             split in any::<prop::sample::Index>(),
         ) {
-            let run = |cut: usize| {
-                let mut m = machine(false);
-                let mut out = m.push(&input[..cut]).to_vec();
-                out.extend_from_slice(&m.push(&input[cut..]));
-                out.extend_from_slice(&m.finish());
-                out
-            };
-            let whole = run(input.len());
-            prop_assert_eq!(&whole, &run(split.index(input.len() + 1)));
+            let whole = crate::translate::run_split(&mut *machine(false), &input, input.len());
+            let cut = split.index(input.len() + 1);
+            prop_assert_eq!(&whole, &crate::translate::run_split(&mut *machine(false), &input, cut));
             check(&String::from_utf8(whole).unwrap())?;
         }
 
@@ -1742,15 +1715,9 @@ mod tests {
             input in anthropic_upstream(),
             split in any::<prop::sample::Index>(),
         ) {
-            let run = |cut: usize| {
-                let mut m = machine(true);
-                let mut out = m.push(&input[..cut]).to_vec();
-                out.extend_from_slice(&m.push(&input[cut..]));
-                out.extend_from_slice(&m.finish());
-                out
-            };
-            let whole = run(input.len());
-            prop_assert_eq!(&whole, &run(split.index(input.len() + 1)));
+            let whole = crate::translate::run_split(&mut *machine(true), &input, input.len());
+            let cut = split.index(input.len() + 1);
+            prop_assert_eq!(&whole, &crate::translate::run_split(&mut *machine(true), &input, cut));
             check(&String::from_utf8(whole).unwrap())?;
         }
     }
