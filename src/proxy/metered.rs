@@ -198,6 +198,64 @@ fn scan_sse(data: &[u8], prompt: &mut Option<u64>, completion: &mut Option<u64>)
     }
 }
 
+/// Per-thread caches of labelled metric handles: a request's counters are found with two
+/// string lookups instead of a registry lookup that builds and hashes a label set (and
+/// allocates its strings) each time. Label values are bounded (model names are the
+/// config's or `other`), so the caches are too.
+mod handles {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use metrics::Counter;
+
+    use crate::metrics as m;
+
+    type Requests = HashMap<String, Vec<(&'static str, u16, Counter)>>;
+    type Tokens = HashMap<String, HashMap<String, Vec<(&'static str, Counter)>>>;
+
+    thread_local! {
+        static REQUESTS: RefCell<Requests> = RefCell::new(HashMap::new());
+        static TOKENS: RefCell<Tokens> = RefCell::new(HashMap::new());
+    }
+
+    pub fn request(endpoint: &'static str, model: &str, status: u16) -> Counter {
+        REQUESTS.with_borrow_mut(|cache| {
+            if let Some(c) = cache
+                .get(model)
+                .and_then(|v| v.iter().find(|(e, s, _)| *e == endpoint && *s == status))
+            {
+                return c.2.clone();
+            }
+            let c = metrics::counter!(m::REQUESTS, "endpoint" => endpoint, "model" => model.to_string(), "status" => status.to_string());
+            cache
+                .entry(model.to_string())
+                .or_default()
+                .push((endpoint, status, c.clone()));
+            c
+        })
+    }
+
+    pub fn tokens(provider: &str, model: &str, kind: &'static str) -> Counter {
+        TOKENS.with_borrow_mut(|cache| {
+            if let Some(c) = cache
+                .get(provider)
+                .and_then(|p| p.get(model))
+                .and_then(|v| v.iter().find(|(k, _)| *k == kind))
+            {
+                return c.1.clone();
+            }
+            let c = metrics::counter!(m::TOKENS, "provider" => provider.to_string(), "model" => model.to_string(), "kind" => kind);
+            cache
+                .entry(provider.to_string())
+                .or_default()
+                .entry(model.to_string())
+                .or_default()
+                .push((kind, c.clone()));
+            c
+        })
+    }
+}
+
 /// A response body ended or was dropped: release its gauges, then record it.
 fn finish(c: Completion, complete: bool, prompt: Option<u64>, completion: Option<u64>) {
     let h = m::request();
@@ -212,8 +270,7 @@ fn finish(c: Completion, complete: bool, prompt: Option<u64>, completion: Option
 pub fn record(c: Completion, complete: bool, prompt: Option<u64>, completion: Option<u64>) {
     let total = c.started.elapsed();
     let h = m::request();
-    metrics::counter!(m::REQUESTS, "endpoint" => c.endpoint, "model" => c.model_label.clone(), "status" => c.status.to_string())
-        .increment(1);
+    handles::request(c.endpoint, &c.model_label, c.status).increment(1);
     let endpoint = m::ENDPOINTS
         .iter()
         .position(|e| *e == c.endpoint)
@@ -226,8 +283,7 @@ pub fn record(c: Completion, complete: bool, prompt: Option<u64>, completion: Op
         }
         for (kind, n) in [("prompt", prompt), ("completion", completion)] {
             if let Some(n) = n {
-                metrics::counter!(m::TOKENS, "provider" => provider.clone(), "model" => model.clone(), "kind" => kind)
-                    .increment(n);
+                handles::tokens(provider, model, kind).increment(n);
             }
         }
     }

@@ -129,7 +129,7 @@ impl Proxy {
         let dialect = request::dialect_for_path(parts.uri.path());
         let mut pending = Unanswered {
             log: RequestLog {
-                id: uuid::Uuid::now_v7().simple().to_string(),
+                id: request_id(),
                 client: None,
                 model: None,
                 endpoint: "other",
@@ -349,6 +349,21 @@ fn pin_to_creator(
         )));
     }
     Ok(pinned)
+}
+
+/// A request id: a UUIDv7 (time-ordered) from a per-thread context, so ids cost no lock
+/// shared between worker threads (`Uuid::now_v7` takes a global mutex).
+fn request_id() -> String {
+    use uuid::timestamp::context::{ContextV7, ThreadLocalContext};
+    thread_local! {
+        static CONTEXT: ContextV7 = ContextV7::new();
+    }
+    static IDS: ThreadLocalContext<ContextV7> = ThreadLocalContext::new(&CONTEXT);
+    let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+    uuid::Uuid::new_v7(uuid::Timestamp::now(&IDS))
+        .simple()
+        .encode_lower(&mut buf)
+        .to_string()
 }
 
 /// The longest `Retry-After` Keyway tells a client: its longest wait cap.
