@@ -356,7 +356,7 @@ fn pin_to_creator(
 fn request_id() -> String {
     use uuid::timestamp::context::{ContextV7, ThreadLocalContext};
     thread_local! {
-        static CONTEXT: ContextV7 = ContextV7::new();
+        static CONTEXT: ContextV7 = const { ContextV7::new() };
     }
     static IDS: ThreadLocalContext<ContextV7> = ThreadLocalContext::new(&CONTEXT);
     let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
