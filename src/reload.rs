@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::config::{self, Config};
@@ -65,10 +64,7 @@ pub struct Reloader {
 }
 
 fn hash(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::digest::short_hex(bytes, 12)
 }
 
 fn tls_hash(config: &Config) -> Option<String> {

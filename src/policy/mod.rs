@@ -21,7 +21,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use rhai::{Dynamic, Engine, EvalAltResult, FuncArgs, Map, Scope, AST};
-use sha2::{Digest, Sha256};
 
 use crate::config::{Config, OnError, PolicyConfig};
 use crate::quota::QuotaState;
@@ -188,10 +187,7 @@ pub fn read_source(settings: &PolicyConfig) -> Result<(Arc<str>, String), Policy
 
 /// Content hash used to skip reloads of unchanged text.
 pub fn content_hash(text: &str) -> String {
-    Sha256::digest(text.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::digest::short_hex(text.as_bytes(), 8)
 }
 
 impl Policy {

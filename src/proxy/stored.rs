@@ -19,14 +19,10 @@ const TAG_LEN: usize = 11;
 
 /// The tag for responses created through `conn` of `provider`.
 pub fn tag(provider: &str, conn: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("{provider}/{conn}").as_bytes());
-    let mut t = String::with_capacity(TAG_LEN);
-    t.push_str("_kw");
-    for b in &digest[..4] {
-        t.push_str(&format!("{b:02x}"));
-    }
-    t
+    format!(
+        "_kw{}",
+        crate::digest::short_hex(format!("{provider}/{conn}").as_bytes(), 4)
+    )
 }
 
 /// Splits a tagged id into the provider's own id and its tag.

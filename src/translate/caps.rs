@@ -450,10 +450,10 @@ pub fn tool_id(id: &str, rule: ToolIds) -> std::borrow::Cow<'_, str> {
                 })
                 .take(55)
                 .collect();
-            use sha2::Digest;
-            let digest = sha2::Sha256::digest(id.as_bytes());
-            let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-            Cow::Owned(format!("{clean}_{hash}"))
+            Cow::Owned(format!(
+                "{clean}_{}",
+                crate::digest::short_hex(id.as_bytes(), 4)
+            ))
         }
         ToolIds::Mistral => {
             if id.len() == 9 && id.bytes().all(|c| c.is_ascii_alphanumeric()) {

@@ -62,29 +62,38 @@ impl Translation {
         if provider.speaks(client) {
             return Ok(None);
         }
-        let native = provider
-            .formats
-            .iter()
-            .map(Family::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
+        // Only the refusals below name the formats: built on those paths alone.
+        let native = || {
+            provider
+                .formats
+                .iter()
+                .map(Family::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         if client == ApiFormat::OpenAiResponsesCompact {
             return Err(format!(
-                "speaks {native}; remote compaction needs a provider that speaks responses \
-                 (compact locally instead: Codex does when its provider is not named `openai`)"
+                "speaks {}; remote compaction needs a provider that speaks responses \
+                 (compact locally instead: Codex does when its provider is not named `openai`)",
+                native()
             ));
         }
         let Some(t) = Self::plan(client, provider) else {
-            return Err(format!("speaks {native} and cannot take {client} requests"));
+            return Err(format!(
+                "speaks {} and cannot take {client} requests",
+                native()
+            ));
         };
         if !provider.translate {
             return Err(format!(
-                "speaks {native}, and its config forbids translating {client} requests (`translate = false`)"
+                "speaks {}, and its config forbids translating {client} requests (`translate = false`)",
+                native()
             ));
         }
         if !allowed {
             return Err(format!(
-                "speaks {native}, and the route forbids translating {client} requests (`translate: false`)"
+                "speaks {}, and the route forbids translating {client} requests (`translate: false`)",
+                native()
             ));
         }
         Ok(Some(t))
@@ -293,6 +302,9 @@ pub fn chat_usage_from_anthropic(
     })
 }
 
+/// A JSON string value starting with [`openai_stream::SYNTHETIC_SIGNATURE_PREFIX`].
+const SYNTHETIC_NEEDLE: &[u8] = b"\"kw1:";
+
 /// For an Anthropic Messages body on its way to a provider that speaks Messages (an
 /// identity route): thinking blocks whose signature Keyway made up (`kw1:…`, minted when
 /// an OpenAI-compatible model's reasoning reached an Anthropic client) are removed, since
@@ -304,8 +316,7 @@ pub fn chat_usage_from_anthropic(
 /// for this request.
 pub fn strip_synthetic_thinking(body: &[u8]) -> Option<bytes::Bytes> {
     use serde_json::Value;
-    let needle = format!("\"{}", openai_stream::SYNTHETIC_SIGNATURE_PREFIX);
-    memchr::memmem::find(body, needle.as_bytes())?;
+    memchr::memmem::find(body, SYNTHETIC_NEEDLE)?;
     let mut v: Value = serde_json::from_slice(body).ok()?;
     let synthetic = |b: &Value| {
         b["type"] == "thinking"
@@ -374,4 +385,13 @@ pub(crate) fn truncated_stream(
             bytes.truncate(cut.index(bytes.len() + 1));
             bytes
         })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_synthetic_needle_is_the_prefix_as_a_string_value() {
+        let want = format!("\"{}", super::openai_stream::SYNTHETIC_SIGNATURE_PREFIX);
+        assert_eq!(super::SYNTHETIC_NEEDLE, want.as_bytes());
+    }
 }

@@ -461,9 +461,7 @@ pub fn flat_name(ns: &str, leaf: &str) -> String {
     if full.len() <= 64 {
         return full;
     }
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(full.as_bytes());
-    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let hash = crate::digest::short_hex(full.as_bytes(), 4);
     let keep: String = full
         .chars()
         .rev()
