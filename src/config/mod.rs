@@ -226,6 +226,7 @@ impl Provider {
                 scheme: Scheme::HTTP,
                 authority: Authority::from_static("127.0.0.1:9"),
                 path: String::new(),
+                host: http::HeaderValue::from_static("127.0.0.1:9"),
             },
             models: Vec::new(),
             anthropic_version: "2023-06-01".into(),
@@ -244,6 +245,8 @@ pub struct BaseUrl {
     pub authority: Authority,
     /// Path prefix without a trailing slash (`/v1`), possibly empty.
     pub path: String,
+    /// The `Host` header for this authority, built once.
+    pub host: http::HeaderValue,
 }
 
 impl BaseUrl {
@@ -288,6 +291,29 @@ pub struct ApiKey {
     pub id: String,
     pub secret: Secret,
     pub weight: u32,
+    /// The credential header's value as the provider's kind sends it (`Bearer …` or the
+    /// bare key), built once at load and marked sensitive (never printed by `Debug`).
+    pub auth: http::HeaderValue,
+}
+
+impl ApiKey {
+    /// A key for a provider of `kind`; `None` when the secret cannot be an HTTP header value.
+    pub fn new(id: String, secret: Secret, weight: u32, kind: ProviderKind) -> Option<Self> {
+        let text = match kind {
+            ProviderKind::Anthropic => secret.expose().to_string(),
+            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => {
+                format!("Bearer {}", secret.expose())
+            }
+        };
+        let mut auth = http::HeaderValue::try_from(text).ok()?;
+        auth.set_sensitive(true);
+        Some(Self {
+            id,
+            secret,
+            weight,
+            auth,
+        })
+    }
 }
 
 /// A configuration error, already located and worded for the user.
@@ -736,11 +762,16 @@ impl Validator<'_> {
                 if weight == 0 {
                     return self.err(span, "key weight must be at least 1");
                 }
-                keys.push(ApiKey {
-                    id: key_id,
-                    secret: self.secret(&reference)?,
-                    weight,
-                });
+                let secret = self.secret(&reference)?;
+                match ApiKey::new(key_id, secret, weight, kind) {
+                    Some(k) => keys.push(k),
+                    None => {
+                        return self.err(
+                            span,
+                            "this key has characters an HTTP header cannot carry (a line break?); check the value it refers to",
+                        )
+                    }
+                }
             }
             connections.push(Arc::new(Connection {
                 provider: id.clone(),
@@ -790,10 +821,14 @@ impl Validator<'_> {
         if uri.query().is_some() {
             return fail("must not have a query string");
         }
+        let Ok(host) = http::HeaderValue::try_from(authority.as_str()) else {
+            return fail("has a host that cannot be a Host header");
+        };
         Ok(BaseUrl {
             scheme,
             authority,
             path: uri.path().trim_end_matches('/').to_string(),
+            host,
         })
     }
 }

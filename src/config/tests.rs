@@ -205,3 +205,23 @@ fn formats_and_capabilities_are_validated_with_locations() {
         "{e}"
     );
 }
+
+#[test]
+fn keys_become_sensitive_auth_headers_at_load() {
+    with_env();
+    let c = parse_str(MINIMAL).unwrap();
+    let k = &c.providers[0].connections[0].keys[0];
+    assert_eq!(k.auth.as_bytes(), b"Bearer sk-test-config-secret-000000000");
+    assert!(k.auth.is_sensitive());
+    assert!(
+        !format!("{k:?}").contains("sk-test-config-secret"),
+        "Debug never shows the key"
+    );
+    std::env::set_var("KEYWAY_TEST_CFG_BAD_KEY", "sk-bad\nkey");
+    let e = expect_err(&MINIMAL.replace(
+        "env:KEYWAY_TEST_CFG_KEY\", {",
+        "env:KEYWAY_TEST_CFG_BAD_KEY\", {",
+    ));
+    assert!(e.contains("cannot carry"), "{e}");
+    assert!(!e.contains("sk-bad"), "the error never shows the key: {e}");
+}

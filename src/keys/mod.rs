@@ -313,10 +313,14 @@ mod tests {
             keys: weights
                 .iter()
                 .enumerate()
-                .map(|(i, w)| ApiKey {
-                    id: format!("k{i}"),
-                    secret: Secret::new(format!("secret-{i}")),
-                    weight: *w,
+                .map(|(i, w)| {
+                    ApiKey::new(
+                        format!("k{i}"),
+                        Secret::new(format!("secret-{i}")),
+                        *w,
+                        crate::config::ProviderKind::OpenAi,
+                    )
+                    .unwrap()
                 })
                 .collect(),
         }

@@ -285,6 +285,13 @@ impl Policy {
         self
     }
 
+    /// Whether any per-request hook runs as a script (which may read the request).
+    pub fn runs_scripts(&self) -> bool {
+        !self.elided.route
+            || (self.hooks.select_key && self.elided.select_key.is_none())
+            || self.scripts_on_outcome()
+    }
+
     /// Whether `on_outcome` runs as a script (which may read `outcome.header(…)`).
     pub fn scripts_on_outcome(&self) -> bool {
         self.hooks.on_outcome && !self.elided.on_outcome

@@ -259,7 +259,12 @@ impl Proxy {
             format,
             stream: parsed.stream,
             client: client.to_string(),
-            headers: parts.headers.clone(),
+            // Only scripts read request headers (`req.header`); natives never do.
+            headers: if snap.policy.runs_scripts() {
+                parts.headers.clone()
+            } else {
+                http::HeaderMap::new()
+            },
             max_tokens: parsed.max_tokens,
             input_tokens: parsed.len() as u64 / 4,
         }));

@@ -139,17 +139,9 @@ pub fn build(
         .map_err(|e| UpstreamError::Build(e.to_string()))?;
     let headers = req.headers_mut();
     headers::copy_request_headers(client_headers, headers);
-    let secret = key.secret.expose();
-    let auth = |v: String| {
-        let mut v = HeaderValue::try_from(v).map_err(|_| {
-            UpstreamError::Build(format!("key `{}` is not a valid header value", key.id))
-        })?;
-        v.set_sensitive(true);
-        Ok::<_, UpstreamError>(v)
-    };
     match provider.kind {
         ProviderKind::Anthropic => {
-            headers.insert("x-api-key", auth(secret.to_string())?);
+            headers.insert("x-api-key", key.auth.clone());
             if !headers.contains_key("anthropic-version") {
                 let v = HeaderValue::try_from(provider.anthropic_version.as_str())
                     .map_err(|e| UpstreamError::Build(e.to_string()))?;
@@ -157,10 +149,10 @@ pub fn build(
             }
         }
         ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => {
-            headers.insert(header::AUTHORIZATION, auth(format!("Bearer {secret}"))?);
+            headers.insert(header::AUTHORIZATION, key.auth.clone());
         }
     }
-    headers.insert(header::HOST, host_value(&provider.base_url.authority)?);
+    headers.insert(header::HOST, provider.base_url.host.clone());
     if has_body {
         headers.insert(
             header::CONTENT_TYPE,
@@ -170,8 +162,4 @@ pub fn build(
         headers.remove(header::CONTENT_TYPE);
     }
     Ok(req)
-}
-
-fn host_value(authority: &http::uri::Authority) -> Result<HeaderValue, UpstreamError> {
-    HeaderValue::try_from(authority.as_str()).map_err(|e| UpstreamError::Build(e.to_string()))
 }
