@@ -382,10 +382,7 @@ struct FastInner<'a> {
 }
 
 fn sse(out: &mut BytesMut, v: &Value) {
-    out.put_slice(b"data: ");
-    // Writing JSON into a BytesMut cannot fail.
-    let _ = serde_json::to_writer((&mut *out).writer(), v);
-    out.put_slice(b"\n\n");
+    super::sse::write_event(out, None, v);
 }
 
 #[cfg(test)]

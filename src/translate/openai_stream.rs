@@ -416,11 +416,7 @@ fn stop(out: &mut BytesMut, i: usize) {
 }
 
 fn emit(out: &mut BytesMut, event: &str, data: &Value) {
-    out.put_slice(b"event: ");
-    out.put_slice(event.as_bytes());
-    out.put_slice(b"\ndata: ");
-    let _ = serde_json::to_writer((&mut *out).writer(), data);
-    out.put_slice(b"\n\n");
+    super::sse::write_event(out, Some(event), data);
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
 use super::caps::{ReasoningReplay, StructuredOutput, ThinkingMode};
@@ -1121,11 +1121,7 @@ impl ChatToResponses {
         payload["type"] = Value::from(kind);
         payload["sequence_number"] = Value::from(self.seq);
         self.seq += 1;
-        out.put_slice(b"event: ");
-        out.put_slice(kind.as_bytes());
-        out.put_slice(b"\ndata: ");
-        let _ = serde_json::to_writer((&mut *out).writer(), &payload);
-        out.put_slice(b"\n\n");
+        super::sse::write_event(out, Some(kind), &payload);
     }
 
     fn snapshot(&self, status: &str, incomplete: Value, output: Vec<Value>) -> Value {

@@ -2,7 +2,7 @@
 //! chunking (each byte is searched once; a separator split across frames is found through
 //! a three-byte overlap), and the `data:` payload of each.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::StreamTranslator;
 
@@ -137,4 +137,17 @@ fn event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
         }
     }
     None
+}
+
+/// Writes one client event: `event: <name>` when named, then `data: <json>`.
+pub fn write_event(out: &mut BytesMut, name: Option<&str>, data: &serde_json::Value) {
+    if let Some(name) = name {
+        out.put_slice(b"event: ");
+        out.put_slice(name.as_bytes());
+        out.put_slice(b"\n");
+    }
+    out.put_slice(b"data: ");
+    // Writing JSON into a BytesMut cannot fail.
+    let _ = serde_json::to_writer((&mut *out).writer(), data);
+    out.put_slice(b"\n\n");
 }
