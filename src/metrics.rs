@@ -54,6 +54,9 @@ pub const ACCEPT_ERRORS: &str = "keyway_accept_errors_total";
 /// Requests whose client left before the response headers (logged with status 499).
 pub const CLIENT_ABORTS: &str = "keyway_client_aborts_total";
 /// Relayed streams Keyway ended itself, by `reason` (`idle`, `broken`, `event_too_large`).
+/// New upstream connections (TCP, plus TLS where the base URL is https). In steady state
+/// nearly every request reuses a pooled connection.
+pub const UPSTREAM_CONNECTS: &str = "keyway_upstream_connects_total";
 pub const STREAMS_CUT: &str = "keyway_streams_cut_total";
 
 /// Buckets for fast paths: 10 µs to 1 s.
@@ -166,6 +169,10 @@ fn describe() {
         "Keyway's own time per request (total minus upstream wait)"
     );
     describe_histogram!(STREAM_DURATION, Unit::Seconds, "Streamed response duration");
+    describe_counter!(
+        UPSTREAM_CONNECTS,
+        "New upstream connections opened (pooled connections are reused)"
+    );
     describe_gauge!(OPEN_STREAMS, "Streams being relayed now");
     describe_gauge!(IN_FLIGHT, "Requests in flight now");
     describe_counter!(

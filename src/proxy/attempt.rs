@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::upstream::UpstreamBody;
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::body::{self, ProxyBody, RelayBody};
 use super::error::ProxyError;
@@ -441,7 +441,7 @@ impl AttemptContext<'_> {
         &self,
         tr: Translation,
         mut parts: http::response::Parts,
-        mut body: Incoming,
+        mut body: UpstreamBody,
         first: Option<Bytes>,
         provider: &crate::config::Provider,
         req: &TranslatedRequest,
@@ -544,7 +544,7 @@ fn skip(target: &Target, connection: &str, lock: &Lock, why: &str) -> AttemptRec
 }
 
 /// Reads at most [`ERROR_BODY_LIMIT`] bytes of an error body, bounded in time.
-async fn read_error_body(body: &mut Incoming, idle: Duration) -> Bytes {
+async fn read_error_body(body: &mut UpstreamBody, idle: Duration) -> Bytes {
     let mut out = Vec::new();
     while out.len() < ERROR_BODY_LIMIT {
         match tokio::time::timeout(idle, body.frame()).await {
@@ -571,7 +571,7 @@ struct RelayLimits {
 
 fn relay(
     mut parts: http::response::Parts,
-    body: Incoming,
+    body: UpstreamBody,
     first: Option<Bytes>,
     provider: String,
     RelayLimits {

@@ -8,11 +8,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::upstream::UpstreamBody;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use memchr::memmem;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -56,7 +56,7 @@ pin_project! {
     /// An upstream body relayed to the client.
     pub struct RelayBody {
         #[pin]
-        inner: Incoming,
+        inner: UpstreamBody,
         idle: Duration,
         sleep: Pin<Box<Sleep>>,
         provider: String,
@@ -71,7 +71,7 @@ impl RelayBody {
     /// Relays `inner`, sending `first` (already read from it) first. `sse` frame-aligns an
     /// event stream and terminates it in the client's dialect.
     pub fn with_first(
-        inner: Incoming,
+        inner: UpstreamBody,
         first: Option<Bytes>,
         provider: String,
         idle: Duration,

@@ -1,8 +1,10 @@
-//! The outbound side: one pooled hyper client (HTTP/1.1, rustls) and the request builder
+//! The outbound side: the connection pool (HTTP/1.1 keep-alive, rustls; see [`pool`]) and
+//! the request builder
 //! that injects a provider's auth, strips hop-by-hop and client-credential headers, and
 //! rewrites nothing else. The outbound host always comes from config.
 
 mod headers;
+mod pool;
 pub mod redact;
 
 use std::time::Duration;
@@ -10,18 +12,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{ApiKey, Provider, ProviderKind, Timeouts};
 use crate::format::ApiFormat;
 
 pub use headers::filter_response_headers;
-
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub use pool::PooledBody as UpstreamBody;
 
 /// Why an upstream call produced no response headers. Never carries a key.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +38,7 @@ pub enum UpstreamError {
 /// The shared outbound client.
 #[derive(Clone)]
 pub struct Upstream {
-    client: HttpClient,
+    pool: std::sync::Arc<pool::Pool>,
 }
 
 impl Upstream {
@@ -55,12 +53,14 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        Self { client }
+        Self {
+            pool: pool::Pool::new(connector),
+        }
+    }
+
+    /// Idle upstream connections kept for reuse.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle()
     }
 
     /// Sends the request and waits at most `headers_timeout` for response headers.
@@ -69,8 +69,8 @@ impl Upstream {
         &self,
         req: Request<Full<Bytes>>,
         headers_timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(headers_timeout, self.client.request(req)).await {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match tokio::time::timeout(headers_timeout, self.pool.send(req)).await {
             Err(_) => Err(UpstreamError::HeadersTimeout(headers_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(UpstreamError::Network(describe(&e))),
@@ -78,14 +78,17 @@ impl Upstream {
     }
 }
 
-/// A readable cause chain for a client error ("connection refused", "tls handshake eof").
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    let mut msg = if e.is_connect() {
-        "connect failed".to_string()
-    } else {
-        "request failed".to_string()
+/// A readable cause chain for a send error ("connection refused", "tls handshake eof").
+fn describe(e: &pool::SendError) -> String {
+    let (mut msg, first): (String, Option<&dyn std::error::Error>) = match e {
+        pool::SendError::Connect(e) => ("connect failed: ".into(), Some(e.as_ref())),
+        pool::SendError::Request(e) => ("request failed: ".into(), Some(e)),
+        pool::SendError::NoOrigin => ("request has no upstream origin".into(), None),
     };
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    if let Some(first) = first {
+        msg.push_str(&first.to_string());
+    }
+    let mut src = first.and_then(std::error::Error::source);
     while let Some(s) = src {
         msg.push_str(": ");
         msg.push_str(&s.to_string());

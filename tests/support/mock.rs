@@ -155,6 +155,8 @@ struct State {
     /// Off for long-running use (demo, benchmarks), where the record would grow forever.
     no_recording: std::sync::atomic::AtomicBool,
     aborted: AtomicUsize,
+    /// TCP connections accepted.
+    accepted: AtomicUsize,
     events: Notify,
 }
 
@@ -192,6 +194,7 @@ impl MockUpstream {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                st.accepted.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(st.clone(), req));
@@ -202,6 +205,11 @@ impl MockUpstream {
             }
         });
         Self { addr, state, task }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.accepted.load(Ordering::SeqCst)
     }
 
     /// `http://127.0.0.1:PORT/v1`, the base URL to configure.
