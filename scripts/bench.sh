@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks Keyway against two baselines measured in the same run on 127.0.0.1: direct
 # to the upstream, and nginx as a plain keep-alive reverse proxy. Idempotent: installs what
-# it needs (wrk, nginx, hey, openssl from Debian; for full runs oha from crates.io, which
+# it needs (wrk, nginx, hey, openssl, redis-server from Debian; for full runs oha from crates.io, which
 # measures fixed-rate latency with coordinated-omission correction; smoke runs use hey).
 #   scripts/bench.sh           full run (about 10 minutes); updates BENCHMARKS.md
 #   scripts/bench.sh --smoke   a few seconds per case, to keep the harness working (CI)
@@ -17,6 +17,7 @@ need wrk || missing+=(wrk)
 need nginx || missing+=(nginx-light)
 need openssl || missing+=(openssl)
 need hey || missing+=(hey)
+need redis-server || missing+=(redis-server)
 if ((${#missing[@]})); then
   echo "installing ${missing[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

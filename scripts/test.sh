@@ -5,10 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need curl; then
-  echo "installing curl (used by the demo smoke test)" >&2
-  apt-get update -qq && apt-get install -y -qq curl >/dev/null
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+missing=()
+need curl || missing+=(curl)                   # the demo smoke test
+need redis-server || missing+=(redis-server)   # the shared-state tests start real ones
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} from Debian's packages" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# The tests start their own redis-server on free ports; a packaged service is not used.
+export KEYWAY_REDIS_SERVER="$(command -v redis-server)"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

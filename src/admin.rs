@@ -167,7 +167,14 @@ impl Admin {
             );
         }
         match (req.method(), path.as_str()) {
-            (&Method::GET, "/metrics") => self.metrics(),
+            (&Method::GET, "/metrics") => {
+                if let Some(shared) = self.runtime.quota.shared() {
+                    let last = shared.last_sync_ms();
+                    let lag = self.runtime.quota.now_ms().saturating_sub(last);
+                    metrics::gauge!(crate::metrics::STATE_SYNC_LAG).set(lag as f64 / 1000.0);
+                }
+                self.metrics()
+            }
             (&Method::GET, "/admin/state") => json_response(StatusCode::OK, self.state()),
             (&Method::POST, "/admin/reload") => self.reload().await,
             (&Method::POST, "/admin/unlock") => self.unlock(req).await,
@@ -293,7 +300,15 @@ impl Admin {
                 "scope": s, "remaining_s": l.until_ms.saturating_sub(now) as f64 / 1000.0, "reason": l.reason
             })).collect::<Vec<_>>(),
             "streaks": quota.streaks().into_iter().map(|(s, n)| json!({ "scope": s, "count": n })).collect::<Vec<_>>(),
-            "windows": quota.windows().into_iter().map(|(c, w, n)| json!({ "counter": c, "window_s": w / 1000, "count": n })).collect::<Vec<_>>(),
+            "windows": quota.windows().into_iter().map(|(c, w, n)| {
+                let fleet = quota.shared().map(|_| quota.count(&c, w));
+                let mut v = json!({ "counter": c, "window_s": w / 1000, "count": n });
+                if let Some(fleet) = fleet {
+                    v["fleet_count"] = fleet.into();
+                }
+                v
+            }).collect::<Vec<_>>(),
+            "state": state_json(&snap.config.state, quota),
         })
     }
 
@@ -378,4 +393,25 @@ impl Admin {
             Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
         }
     }
+}
+
+/// `/admin/state`'s `state` section: where locks, windows and streaks live, and how the
+/// shared backend is doing.
+fn state_json(config: &crate::config::StateConfig, quota: &crate::quota::QuotaState) -> Value {
+    let Some(shared) = quota.shared() else {
+        return json!({ "backend": config.backend(), "healthy": true, "replicas": 1 });
+    };
+    let last = shared.last_sync_ms();
+    json!({
+        "backend": "redis",
+        "url": shared.display_url,
+        "healthy": shared.is_healthy(),
+        "replica_id": shared.replica_id,
+        "replicas": shared.replicas(),
+        "last_sync_age_ms": (last > 0).then(|| quota.now_ms().saturating_sub(last)),
+        "outbox": shared.outbox_len(),
+        "outbox_dropped": shared.dropped(),
+        "lock_version": shared.lock_version(),
+        "resyncs": shared.resyncs(),
+    })
 }

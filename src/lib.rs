@@ -26,6 +26,7 @@ pub mod reload;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod state;
 pub mod translate;
 pub mod upstream;
 

@@ -57,6 +57,18 @@ pub const CLIENT_ABORTS: &str = "keyway_client_aborts_total";
 /// New upstream connections (TCP, plus TLS where the base URL is https). In steady state
 /// nearly every request reuses a pooled connection.
 pub const UPSTREAM_CONNECTS: &str = "keyway_upstream_connects_total";
+/// 1 while the shared-state backend (Redis) is connected and in sync.
+pub const STATE_BACKEND_UP: &str = "keyway_state_backend_up";
+/// Seconds since the last successful sync with the shared-state backend.
+pub const STATE_SYNC_LAG: &str = "keyway_state_sync_lag_seconds";
+/// Full resyncs of the local mirror, by cause (reconnect, gap, reseed).
+pub const STATE_RESYNCS: &str = "keyway_state_resyncs_total";
+/// Changes waiting to be written to the shared-state backend.
+pub const STATE_OUTBOX: &str = "keyway_state_outbox_size";
+/// Shared-state backend operations, by op and result.
+pub const STATE_OPS: &str = "keyway_state_ops_total";
+/// Changes received from other replicas, by kind.
+pub const STATE_EVENTS_RECEIVED: &str = "keyway_state_events_received_total";
 pub const STREAMS_CUT: &str = "keyway_streams_cut_total";
 
 /// Buckets for fast paths: 10 µs to 1 s.
@@ -172,6 +184,25 @@ fn describe() {
     describe_counter!(
         UPSTREAM_CONNECTS,
         "New upstream connections opened (pooled connections are reused)"
+    );
+    describe_gauge!(
+        STATE_BACKEND_UP,
+        "1 while the shared-state backend is connected and in sync"
+    );
+    describe_gauge!(
+        STATE_SYNC_LAG,
+        Unit::Seconds,
+        "Time since the last successful sync with the shared-state backend"
+    );
+    describe_counter!(STATE_RESYNCS, "Full resyncs of the local state mirror");
+    describe_gauge!(STATE_OUTBOX, "Changes waiting for the shared-state backend");
+    describe_counter!(
+        STATE_OPS,
+        "Shared-state backend operations by op and result"
+    );
+    describe_counter!(
+        STATE_EVENTS_RECEIVED,
+        "Lock, unlock and streak changes received from other replicas"
     );
     describe_gauge!(OPEN_STREAMS, "Streams being relayed now");
     describe_gauge!(IN_FLIGHT, "Requests in flight now");

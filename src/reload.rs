@@ -456,6 +456,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         "timeouts.shutdown_drain",
         a.shutdown_drain != b.shutdown_drain,
     );
+    check("state", old.state.signature() != new.state.signature());
     out
 }
 

@@ -44,7 +44,8 @@ def render(r):
     nginx_cpu = cpu(w1.get("nginx", []))
     for name, label in [("direct", "direct to upstream"), ("nginx", "nginx proxy"), ("keyway", "Keyway (HTTP)"),
                         ("keyway_tls", "Keyway (TLS)"), ("keyway_heavy", "Keyway, 30 routes × 10 keys"),
-                        ("keyway_custom", "Keyway, custom policy (every hook scripted)")]:
+                        ("keyway_custom", "Keyway, custom policy (every hook scripted)"),
+                        ("keyway_redis", "Keyway, custom policy, state shared on Redis")]:
         runs = w1.get(name, [])
         if not runs:
             continue
@@ -58,6 +59,14 @@ def render(r):
                    f"{fmt_us(med([x['p99_us'] for x in runs]))} | {fmt_us(med([x['p999_us'] for x in runs]))} | "
                    f"{fmt_us(p50 - p50_direct)} | {fmt_us(p50 - p50_nginx)} | {sum(x['errors'] for x in runs)} |")
     out.append("")
+    redis_runs = w1.get("keyway_redis", [])
+    if redis_runs and "redis_calls_per_req" in redis_runs[0]:
+        out.append(f"Redis round trips per request with shared state: "
+                   f"{med([x['redis_calls_per_req'] for x in redis_runs]):.5f} "
+                   f"({med([x['redis_calls_per_s'] for x in redis_runs]):.1f} per second, "
+                   f"{med([x['redis_commands_per_s'] for x in redis_runs]):.0f} commands per second counting those "
+                   f"the scripts run), all from the background replicator: a request never waits on Redis.")
+        out.append("")
     out.append("CPU/req is the proxy process's CPU time (all its threads; nginx: its workers) over the "
                "requests served in the round. On this 2-core box throughput is CPU-bound, so "
                "**CPU × nginx** is the headline efficiency figure.")
@@ -70,7 +79,8 @@ def render(r):
     d50 = med([x["p50_us"] for x in w2["direct"]])
     d99 = med([x["p99_us"] for x in w2["direct"]])
     for name, label in [("direct", "direct to upstream"), ("nginx", "nginx proxy"), ("keyway", "Keyway (HTTP)"),
-                        ("keyway_tls", "Keyway (TLS)")]:
+                        ("keyway_tls", "Keyway (TLS)"), ("keyway_custom", "Keyway, custom policy"),
+                        ("keyway_redis", "Keyway, custom policy, state on Redis")]:
         runs = w2.get(name, [])
         if not runs:
             continue

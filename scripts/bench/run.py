@@ -126,7 +126,25 @@ http {{
     return ["nginx", "-p", d, "-c", path]
 
 
-def keyway_conf(name, port, up, mock, keys=3, tls=None, policy_dir=None):
+def redis_calls(port):
+    """(round trips, commands) Redis has served, from INFO commandstats over a raw RESP
+    socket: round trips are the calls made from outside (every Keyway write is one EVALSHA;
+    INFO itself is excluded), commands also count those its scripts ran."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            data += chunk
+            if not chunk or (data.startswith(b"$") and b"\r\n" in data and
+                             len(data) >= data.index(b"\r\n") + 2 + int(data[1:data.index(b"\r\n")]) + 2):
+                break
+    stats = {name.decode(): int(n) for name, n in re.findall(rb"cmdstat_([a-z|]+):calls=(\d+)", data)}
+    outside = ("evalsha", "eval", "script|load", "subscribe", "ping", "hello", "set", "client|setname", "select")
+    return sum(stats.get(c, 0) for c in outside), sum(v for k, v in stats.items() if k != "info")
+
+
+def keyway_conf(name, port, up, mock, keys=3, tls=None, policy_dir=None, redis=False):
     keylist = ", ".join(f'{{ id = "k{i}", key = "env:BENCH_UPSTREAM_KEY" }}' for i in range(keys))
     text = f"""
 [server]
@@ -154,6 +172,8 @@ models = ["stream-model"]
 id = "main"
 keys = ["env:BENCH_UPSTREAM_KEY"]
 """
+    if redis:
+        text += '\n[state]\nbackend = "redis"\nurl = "env:BENCH_REDIS_URL"\nnamespace = "bench"\n'
     path = os.path.join(WORK, f"{name}.toml")
     write(path, text)
     return path
@@ -283,12 +303,13 @@ def main():
     P = PROFILES[args.mode]
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
-    ports = {k: free_port() for k in ["up", "ngx", "ngx_s", "mock", "kw", "kws", "kwh", "kwc"]}
+    ports = {k: free_port() for k in ["up", "ngx", "ngx_s", "mock", "kw", "kws", "kwh", "kwc", "kwr", "redis"]}
     cert, key = os.path.join(WORK, "cert.pem"), os.path.join(WORK, "key.pem")
     sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
         key, "-out", cert, "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
        check=True)
-    env = dict(os.environ, BENCH_CLIENT_KEY=CLIENT_KEY, BENCH_UPSTREAM_KEY="sk-bench-upstream", MOCK_THREADS="1")
+    env = dict(os.environ, BENCH_CLIENT_KEY=CLIENT_KEY, BENCH_UPSTREAM_KEY="sk-bench-upstream", MOCK_THREADS="1",
+               BENCH_REDIS_URL=f"redis://127.0.0.1:{ports['redis']}")
     canned = CANNED.replace("'", "\\'")
     specs = [
         ("nginx-upstream", nginx_conf("nginx-upstream", 1, f"""server {{ listen 127.0.0.1:{ports['up']} backlog=4096;
@@ -313,6 +334,13 @@ def main():
         ("keyway-custom", [os.path.join(REL, "keyway"), "run", "-c",
                            keyway_conf("keyway-custom", ports["kwc"], ports["up"], ports["mock"],
                                        policy_dir=custom_policy())], ports["kwc"]),
+        ("redis", ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--dir", WORK], ports["redis"]),
+        # The custom policy with state shared on Redis: its `quota::hit` per success makes
+        # window deltas to sync, so this is the backend's worst case next to keyway_custom.
+        ("keyway-redis", [os.path.join(REL, "keyway"), "run", "-c",
+                          keyway_conf("keyway-redis", ports["kwr"], ports["up"], ports["mock"],
+                                      policy_dir=custom_policy(), redis=True)], ports["kwr"]),
     ]
     procs = {}
     try:
@@ -327,13 +355,14 @@ def main():
         w1_targets = {"direct": f"http://127.0.0.1:{ports['up']}{path}", "nginx": f"http://127.0.0.1:{ports['ngx']}{path}",
                       "keyway": f"http://127.0.0.1:{ports['kw']}{path}", "keyway_tls": f"https://127.0.0.1:{ports['kws']}{path}",
                       "keyway_heavy": f"http://127.0.0.1:{ports['kwh']}{path}",
-                      "keyway_custom": f"http://127.0.0.1:{ports['kwc']}{path}"}
+                      "keyway_custom": f"http://127.0.0.1:{ports['kwc']}{path}",
+                      "keyway_redis": f"http://127.0.0.1:{ports['kwr']}{path}"}
         # The process whose CPU a target's proxying costs (direct: none).
         w1_procs = {"nginx": procs["nginx-proxy"].pid, "keyway": procs["keyway"].pid,
                     "keyway_tls": procs["keyway-tls"].pid, "keyway_heavy": procs["keyway-heavy"].pid,
-                    "keyway_custom": procs["keyway-custom"].pid}
+                    "keyway_custom": procs["keyway-custom"].pid, "keyway_redis": procs["keyway-redis"].pid}
         w1 = {k: [] for k in w1_targets}
-        w2_targets = {k: v for k, v in w1_targets.items() if k not in ("keyway_heavy", "keyway_custom")}
+        w2_targets = {k: v for k, v in w1_targets.items() if k != "keyway_heavy"}
         w2 = {k: [] for k in w2_targets}
         w3_targets = {"direct": f"http://127.0.0.1:{ports['mock']}{path}", "nginx": f"http://127.0.0.1:{ports['ngx_s']}{path}",
                       "keyway": f"http://127.0.0.1:{ports['kw']}{path}"}
@@ -347,7 +376,15 @@ def main():
             for name, url in w1_targets.items():
                 pid = w1_procs.get(name)
                 before = cpu_split(pid) if pid else (0.0, 0.0)
+                calls0 = redis_calls(ports["redis"]) if name == "keyway_redis" else (0, 0)
                 res = wrk(url, P["w1_secs"], P["w1_conns"])
+                if name == "keyway_redis":
+                    # Everything the replicator sent while this round ran (the request
+                    # path itself never calls Redis).
+                    trips, cmds = (a - b for a, b in zip(redis_calls(ports["redis"]), calls0))
+                    res["redis_calls_per_req"] = trips / max(res["requests"], 1)
+                    res["redis_calls_per_s"] = trips / P["w1_secs"]
+                    res["redis_commands_per_s"] = cmds / P["w1_secs"]
                 if pid:
                     after = cpu_split(pid)
                     n = max(res["requests"], 1)
@@ -357,6 +394,9 @@ def main():
                     res["cpu_sys_us"] = (after[1] - before[1]) * 1e6 / n
                 w1[name].append(res)
                 cpu = f", proxy CPU {res['cpu_user_us'] + res['cpu_sys_us']:.1f} µs/req" if pid else ""
+                if "redis_calls_per_req" in res:
+                    cpu += (f", Redis round trips {res['redis_calls_per_req']:.5f}/req "
+                            f"({res['redis_calls_per_s']:.1f}/s, {res['redis_commands_per_s']:.0f} commands/s)")
                 print(f"  w1 {name}: {res['rps']:.0f} req/s{cpu}", flush=True)
             for name, url in w2_targets.items():
                 w2[name].append(fixed_rate(url, P["w2_secs"], P["w2_rate"]))

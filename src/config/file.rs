@@ -22,6 +22,20 @@ pub(super) struct FileConfig {
     pub providers: Vec<ProviderSection>,
     #[serde(default, rename = "capability")]
     pub capabilities: Vec<Spanned<CapabilitySection>>,
+    pub state: Option<Spanned<StateSection>>,
+}
+
+/// `[state]`: where locks, windows and streaks live (this process, or shared on Redis).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StateSection {
+    pub backend: Spanned<String>,
+    pub url: Option<Spanned<String>>,
+    pub namespace: Option<Spanned<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub sync_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
 }
 
 /// One `[[capability]]` row: a model glob (optionally one provider's) and the fields it sets.

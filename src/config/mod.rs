@@ -34,6 +34,75 @@ pub struct Config {
     pub providers: Vec<Arc<Provider>>,
     /// The model capability table consulted by translated routes.
     pub capabilities: Arc<crate::translate::caps::CapabilityTable>,
+    /// Where quota state lives: this process, or shared with other replicas on Redis.
+    pub state: StateConfig,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Default)]
+pub enum StateConfig {
+    /// Locks, windows and streaks in this process only (the default).
+    #[default]
+    Memory,
+    /// Shared with every replica on the same Redis / Valkey and namespace.
+    Redis(RedisState),
+}
+
+impl StateConfig {
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redis(_) => "redis",
+        }
+    }
+
+    /// Compares settings without exposing secrets (the URL by its fingerprint).
+    pub fn signature(&self) -> String {
+        match self {
+            Self::Memory => "memory".into(),
+            Self::Redis(r) => format!(
+                "redis {} {} {:?} {:?}",
+                r.url.fingerprint(),
+                r.namespace,
+                r.sync_interval,
+                r.timeout
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisState {
+    /// `redis://` or `rediss://` URL; a secret (it may hold a password).
+    pub url: Secret,
+    pub namespace: String,
+    /// How often window counters are pushed and fleet totals pulled.
+    pub sync_interval: Duration,
+    /// Limit for each Redis command (and 4× this for connecting).
+    pub timeout: Duration,
+}
+
+impl RedisState {
+    /// The URL without its password, for logs and `/admin/state`.
+    pub fn display_url(&self) -> String {
+        redacted_url(self.url.expose(), self.url.fingerprint())
+    }
+}
+
+/// `scheme://host:port/db` with any user info replaced by the secret's fingerprint.
+fn redacted_url(url: &str, fingerprint: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return format!("(unparsable URL, fp {fingerprint})");
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let path = path.split('?').next().unwrap_or("");
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://{host}{path} (credentials fp {fingerprint})"),
+        None => format!("{scheme}://{authority}{path}"),
+    }
 }
 
 /// Logging: one structured line per request, plus events.
@@ -501,7 +570,77 @@ impl Validator<'_> {
             },
             providers,
             capabilities,
+            state: self.state(raw.state)?,
         })
+    }
+
+    fn state(&self, raw: Option<Spanned<file::StateSection>>) -> Result<StateConfig, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(StateConfig::Memory);
+        };
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let redis_only = [
+            raw.url.as_ref().map(|u| ("url", u.span())),
+            raw.namespace.as_ref().map(|n| ("namespace", n.span())),
+        ];
+        match raw.backend.get_ref().as_str() {
+            "memory" => {
+                if let Some((name, span)) = redis_only.into_iter().flatten().next() {
+                    return self.err(
+                        span,
+                        format!("`{name}` applies to `backend = \"redis\"` only"),
+                    );
+                }
+                Ok(StateConfig::Memory)
+            }
+            "redis" => {
+                let Some(url_ref) = raw.url.as_ref() else {
+                    return self.err(
+                        span,
+                        "`backend = \"redis\"` needs `url = \"env:REDIS_URL\"` (a secret \
+                         reference to a redis:// or rediss:// URL)",
+                    );
+                };
+                let url = self.secret(url_ref)?;
+                if self.secrets == Secrets::Resolve {
+                    // Parsed, never connected: `keyway check` works without Redis up. The
+                    // message never repeats the URL (it may hold a password).
+                    if let Err(e) = redis::Client::open(url.expose()) {
+                        return self.err(
+                            url_ref.span(),
+                            format!(
+                                "the Redis URL is not usable ({}); write \
+                                 redis://[:password@]host:port[/db] or rediss://… for TLS",
+                                e.category()
+                            ),
+                        );
+                    }
+                }
+                let namespace = match &raw.namespace {
+                    Some(n) => self.id(n, "namespace")?,
+                    None => "keyway".to_string(),
+                };
+                let sync_interval = raw.sync_interval.unwrap_or(Duration::from_millis(100));
+                if !(Duration::from_millis(10)..=Duration::from_secs(5)).contains(&sync_interval) {
+                    return self.err(span, "[state] sync_interval must be between 10ms and 5s");
+                }
+                let timeout = raw.timeout.unwrap_or(Duration::from_millis(250));
+                if !(Duration::from_millis(10)..=Duration::from_secs(10)).contains(&timeout) {
+                    return self.err(span, "[state] timeout must be between 10ms and 10s");
+                }
+                Ok(StateConfig::Redis(RedisState {
+                    url,
+                    namespace,
+                    sync_interval,
+                    timeout,
+                }))
+            }
+            other => self.err(
+                raw.backend.span(),
+                format!("unknown state backend `{other}`; use \"memory\" or \"redis\""),
+            ),
+        }
     }
 
     fn capabilities(

@@ -225,3 +225,62 @@ fn keys_become_sensitive_auth_headers_at_load() {
     assert!(e.contains("cannot carry"), "{e}");
     assert!(!e.contains("sk-bad"), "the error never shows the key: {e}");
 }
+
+#[test]
+fn state_backends_are_validated_without_connecting() {
+    with_env();
+    assert!(matches!(
+        parse_str(MINIMAL).unwrap().state,
+        StateConfig::Memory
+    ));
+    std::env::set_var(
+        "KEYWAY_TEST_REDIS_URL",
+        "redis://:hunter2-redis-password@10.0.0.9:6380/2",
+    );
+    // Nothing listens there: `keyway check` must still pass.
+    let text = format!(
+        "{MINIMAL}\n[state]\nbackend = \"redis\"\nurl = \"env:KEYWAY_TEST_REDIS_URL\"\nnamespace = \"prod\"\nsync_interval = \"50ms\"\n"
+    );
+    let c = parse_str(&text).unwrap();
+    let StateConfig::Redis(r) = &c.state else {
+        panic!("redis backend")
+    };
+    assert_eq!(r.namespace, "prod");
+    assert_eq!(r.sync_interval, Duration::from_millis(50));
+    assert_eq!(r.timeout, Duration::from_millis(250));
+    let shown = r.display_url();
+    assert!(
+        shown.starts_with("redis://10.0.0.9:6380/2 (credentials fp "),
+        "{shown}"
+    );
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!format!("{c:?}").contains("hunter2"));
+
+    let state_at = text.lines().position(|l| l.starts_with("backend")).unwrap() + 1;
+    let e = expect_err(&text.replace("backend = \"redis\"", "backend = \"etcd\""));
+    assert!(e.starts_with(&format!("keyway.toml:{state_at}:")), "{e}");
+    assert!(e.contains("\"memory\" or \"redis\""), "{e}");
+    let e = expect_err(&text.replace("url = \"env:KEYWAY_TEST_REDIS_URL\"\n", ""));
+    assert!(e.contains("needs `url"), "{e}");
+    let e = expect_err(&text.replace("env:KEYWAY_TEST_REDIS_URL", "redis://localhost"));
+    assert!(
+        e.contains("env:NAME"),
+        "a literal URL is refused like any secret: {e}"
+    );
+    let e = expect_err(&text.replace("\"50ms\"", "\"1ms\""));
+    assert!(
+        e.contains("sync_interval must be between 10ms and 5s"),
+        "{e}"
+    );
+    let e = expect_err(&text.replace("backend = \"redis\"", "backend = \"memory\""));
+    assert!(
+        e.contains("`url` applies to `backend = \"redis\"` only"),
+        "{e}"
+    );
+    std::env::set_var("KEYWAY_TEST_REDIS_URL", "http://:hunter2@nowhere");
+    let e = expect_err(&text);
+    assert!(
+        e.contains("Redis URL is not usable") && !e.contains("hunter2"),
+        "{e}"
+    );
+}

@@ -115,7 +115,12 @@ impl ConnMetrics {
 }
 
 impl KeyPool {
-    fn new(conn: &Connection, previous: Option<&KeyPool>, prev_conn: Option<&Connection>) -> Self {
+    fn new(
+        conn: &Connection,
+        previous: Option<&KeyPool>,
+        prev_conn: Option<&Connection>,
+        random_start: bool,
+    ) -> Self {
         let stats = conn
             .keys
             .iter()
@@ -133,7 +138,13 @@ impl KeyPool {
             })
             .collect();
         Self {
-            cursor: AtomicU64::new(previous.map_or(0, |p| p.cursor.load(Ordering::Relaxed))),
+            cursor: AtomicU64::new(match previous {
+                Some(p) => p.cursor.load(Ordering::Relaxed),
+                // Replicas sharing state start at a random key, so a fleet does not send
+                // its first requests all to the same one.
+                None if random_start => fastrand::u64(0..conn.keys.len().max(1) as u64),
+                None => 0,
+            }),
             stats,
             metrics: ConnMetrics::new(conn),
         }
@@ -239,6 +250,7 @@ impl KeyRegistry {
                 c,
                 previous_pool,
                 prev_conns.get(&c.name()).map(|c| c.as_ref()),
+                matches!(config.state, crate::config::StateConfig::Redis(_)),
             );
             pools
                 .entry(c.provider.clone())
@@ -297,7 +309,7 @@ impl KeyRegistry {
             .get(conn.provider.as_str())
             .and_then(|conns| conns.get(conn.id.as_str()))
             .cloned()
-            .unwrap_or_else(|| Arc::new(KeyPool::new(conn, None, None)))
+            .unwrap_or_else(|| Arc::new(KeyPool::new(conn, None, None, false)))
     }
 }
 
@@ -332,7 +344,7 @@ mod tests {
         n: usize,
         healthy: impl Fn(usize) -> bool,
     ) -> Vec<usize> {
-        let pool = KeyPool::new(c, None, None);
+        let pool = KeyPool::new(c, None, None, false);
         let mut out = vec![0; c.keys.len()];
         for _ in 0..n {
             if let Some(i) = pool.select(rotation, c, |i, _| healthy(i)) {
@@ -340,6 +352,17 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn replicas_sharing_state_start_at_a_random_key() {
+        let c = conn(&[1, 1, 1, 1]);
+        let starts: std::collections::HashSet<u64> = (0..64)
+            .map(|_| KeyPool::new(&c, None, None, true).position())
+            .collect();
+        assert!(starts.len() > 1, "random starts: {starts:?}");
+        assert!(starts.iter().all(|s| *s < 4));
+        assert_eq!(KeyPool::new(&c, None, None, false).position(), 0);
     }
 
     #[test]
@@ -354,7 +377,7 @@ mod tests {
             [150, 0, 150]
         );
         assert_eq!(counts(Rotation::RoundRobin, &c, 10, |_| false), [0, 0, 0]);
-        let pool = KeyPool::new(&c, None, None);
+        let pool = KeyPool::new(&c, None, None, false);
         let order: Vec<_> = (0..6)
             .map(|_| {
                 c.keys[pool.select(Rotation::RoundRobin, &c, |_, _| true).unwrap()]
@@ -403,13 +426,13 @@ mod tests {
     #[test]
     fn state_survives_a_rebuild_by_key_id() {
         let a = conn(&[1, 1, 1]);
-        let pool = KeyPool::new(&a, None, None);
+        let pool = KeyPool::new(&a, None, None, false);
         for _ in 0..4 {
             pool.select(Rotation::RoundRobin, &a, |_, _| true);
         }
         let mut b = conn(&[1, 1]);
         b.keys[0].id = "k2".into(); // k2 kept (moved to the front), k0 removed, k1 kept
-        let next = KeyPool::new(&b, Some(&pool), Some(&a));
+        let next = KeyPool::new(&b, Some(&pool), Some(&a), false);
         assert_eq!(next.position(), 4);
         assert_eq!(
             (next.selected(0), next.selected(1)),

@@ -82,6 +82,7 @@ pub fn build(
     engine.register_static_module("routes", routes_module(router).into());
     engine.register_static_module("keys", keys_module(quota.clone()).into());
     engine.register_static_module("quota", quota_module(quota.clone()).into());
+    engine.register_static_module("state", state_module(quota.clone()).into());
     engine.register_static_module("time", time_module(quota).into());
     engine.register_static_module("log", log_module(source).into());
     engine
@@ -275,6 +276,30 @@ fn quota_module(quota: Arc<QuotaState>) -> Module {
     });
     let q = quota;
     m.set_native_fn("streak", move |scope: &str| Ok(q.streak(scope) as INT));
+    m
+}
+
+/// Read-only facts about where quota state lives (`[state]`), for policies that want to
+/// be stricter while shared state is unavailable.
+fn state_module(quota: Arc<QuotaState>) -> Module {
+    let mut m = Module::new();
+    let q = quota.clone();
+    m.set_native_fn("backend", move || {
+        Ok(if q.shared().is_some() {
+            "redis"
+        } else {
+            "memory"
+        }
+        .to_string())
+    });
+    let q = quota.clone();
+    m.set_native_fn("healthy", move || {
+        Ok(q.shared().is_none_or(|s| s.is_healthy()))
+    });
+    let q = quota;
+    m.set_native_fn("replicas", move || {
+        Ok(q.shared().map_or(1, |s| s.replicas()) as INT)
+    });
     m
 }
 

@@ -7,9 +7,11 @@ pub mod retry_after;
 mod windows;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
+
+use crate::state::{Event, Shared};
 
 pub use clock::{next_midnight_utc_ms, Clock, ManualClock, SystemClock};
 pub use windows::Windows;
@@ -33,6 +35,8 @@ pub struct QuotaState {
     /// Set by the first failure: until then, clearing a streak is a no-op.
     any_streak: AtomicBool,
     windows: Windows,
+    /// Set when state is shared with other replicas: every change is also queued there.
+    shared: OnceLock<Arc<Shared>>,
 }
 
 impl QuotaState {
@@ -44,7 +48,23 @@ impl QuotaState {
             streaks: DashMap::new(),
             any_streak: AtomicBool::new(false),
             windows: Windows::default(),
+            shared: OnceLock::new(),
         }
+    }
+
+    /// Shares this state with other replicas from now on (once, at startup).
+    pub fn attach(&self, shared: Arc<Shared>) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// The replication handle when state is shared.
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.shared.get()
+    }
+
+    /// Where a change to `scope` is replicated: nowhere for `local:` scopes.
+    fn share(&self, scope: &str) -> Option<&Arc<Shared>> {
+        self.shared.get().filter(|_| !scope.starts_with("local:"))
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -59,6 +79,23 @@ impl QuotaState {
 
     /// Locks `scope` until `until_ms`; returns the lock's effective end.
     pub fn lock_until(&self, scope: &str, until_ms: u64, reason: &str) -> u64 {
+        let (end, placed) = self.merge_lock(scope, until_ms, reason);
+        if placed {
+            let label = scope.split('@').next().unwrap_or(scope).to_string();
+            metrics::counter!(crate::metrics::LOCK_EVENTS, "scope" => label, "reason" => reason.to_string()).increment(1);
+            if let Some(shared) = self.share(scope) {
+                shared.push(Event::Lock {
+                    scope: scope.to_string(),
+                    ms: until_ms.saturating_sub(self.now_ms()),
+                    reason: reason.to_string(),
+                });
+            }
+        }
+        end
+    }
+
+    /// Max-merges a lock into the map: (effective end, whether this call lengthened it).
+    fn merge_lock(&self, scope: &str, until_ms: u64, reason: &str) -> (u64, bool) {
         let mut entry = self.locks.entry(scope.to_string()).or_insert(Lock {
             until_ms: 0,
             reason: String::new(),
@@ -67,18 +104,58 @@ impl QuotaState {
             self.latest_until_ms.fetch_max(until_ms, Ordering::Relaxed);
             entry.until_ms = until_ms;
             entry.reason = reason.to_string();
-            let label = scope.split('@').next().unwrap_or(scope).to_string();
-            metrics::counter!(crate::metrics::LOCK_EVENTS, "scope" => label, "reason" => reason.to_string()).increment(1);
+            (until_ms, true)
+        } else {
+            (entry.until_ms, false)
         }
-        entry.until_ms
     }
 
-    /// Removes a lock; true if one was active.
+    /// Removes a lock; true if one was active here. With shared state the unlock reaches
+    /// every replica (also those that placed the lock).
     pub fn unlock(&self, scope: &str) -> bool {
         let now = self.now_ms();
+        if let Some(shared) = self.share(scope) {
+            shared.push(Event::Unlock {
+                scope: scope.to_string(),
+            });
+        }
         self.locks
             .remove(scope)
             .is_some_and(|(_, l)| l.until_ms > now)
+    }
+
+    /// Another replica's lock, `remaining_ms` from now: merged without being queued back.
+    pub fn apply_remote_lock(&self, scope: &str, remaining_ms: u64, reason: &str) {
+        let until = self.now_ms().saturating_add(remaining_ms);
+        self.merge_lock(scope, until, reason);
+    }
+
+    /// Another replica's unlock.
+    pub fn apply_remote_unlock(&self, scope: &str) {
+        self.locks.remove(scope);
+    }
+
+    /// Another replica's streak change: the fleet's streak length (0 clears it).
+    pub fn apply_remote_streak(&self, scope: &str, n: u32) {
+        if n == 0 {
+            self.streaks.remove(scope);
+        } else {
+            self.any_streak.store(true, Ordering::Relaxed);
+            self.streaks.insert(scope.to_string(), n);
+        }
+    }
+
+    /// A resync: the fleet's locks and streaks replace this replica's mirror.
+    pub fn replace_mirror(&self, locks: &[(String, u64, String)], streaks: &[(String, u32)]) {
+        let now = self.now_ms();
+        self.locks.clear();
+        for (scope, remaining, reason) in locks {
+            self.merge_lock(scope, now.saturating_add(*remaining), reason);
+        }
+        self.streaks.clear();
+        for (scope, n) in streaks {
+            self.apply_remote_streak(scope, *n);
+        }
     }
 
     /// The lock's end if `scope` is locked now. An expired lock is removed here.
@@ -153,15 +230,28 @@ impl QuotaState {
     /// Records a failure for `scope` and returns the streak length.
     pub fn fail(&self, scope: &str) -> u32 {
         self.any_streak.store(true, Ordering::Relaxed);
-        let mut e = self.streaks.entry(scope.to_string()).or_insert(0);
-        *e = e.saturating_add(1);
-        *e
+        let n = {
+            let mut e = self.streaks.entry(scope.to_string()).or_insert(0);
+            *e = e.saturating_add(1);
+            *e
+        };
+        if let Some(shared) = self.share(scope) {
+            shared.push(Event::Fail {
+                scope: scope.to_string(),
+                n: 1,
+            });
+        }
+        n
     }
 
-    /// Ends a failure streak.
+    /// Ends a failure streak (fleet-wide when shared; nothing is sent when there is none).
     pub fn clear_streak(&self, scope: &str) {
-        if self.any_streak.load(Ordering::Relaxed) {
-            self.streaks.remove(scope);
+        if self.any_streak.load(Ordering::Relaxed) && self.streaks.remove(scope).is_some() {
+            if let Some(shared) = self.share(scope) {
+                shared.push(Event::Clear {
+                    scope: scope.to_string(),
+                });
+            }
         }
     }
 
@@ -170,13 +260,44 @@ impl QuotaState {
     }
 
     /// Counts one event in `counter`'s sliding window and returns the window's count.
+    /// With shared state: the fleet's count as last synced plus this replica's hits since.
     pub fn hit(&self, counter: &str, window_ms: u64) -> u64 {
-        self.windows.hit(counter, window_ms, self.now_ms())
+        let now = self.now_ms();
+        let local = self.windows.hit(counter, window_ms, now);
+        match self.share(counter) {
+            Some(shared) => shared.hit(counter, window_ms, local, now),
+            None => local,
+        }
     }
 
     /// Events in `counter`'s sliding window now.
     pub fn count(&self, counter: &str, window_ms: u64) -> u64 {
-        self.windows.count(counter, window_ms, self.now_ms())
+        let now = self.now_ms();
+        let local = self.windows.count(counter, window_ms, now);
+        match self.share(counter) {
+            Some(shared) => shared.count(counter, window_ms, local, now),
+            None => local,
+        }
+    }
+
+    /// Live locks and streaks, for re-seeding a Redis that lost its data.
+    pub fn seed_events(&self) -> Vec<Event> {
+        let now = self.now_ms();
+        let mut out: Vec<Event> = self
+            .active_locks()
+            .into_iter()
+            .map(|(scope, l)| Event::Lock {
+                scope,
+                ms: l.until_ms.saturating_sub(now),
+                reason: l.reason,
+            })
+            .collect();
+        out.extend(
+            self.streaks()
+                .into_iter()
+                .map(|(scope, n)| Event::Streak { scope, n }),
+        );
+        out
     }
 
     /// Drops state for scopes that no longer exist (after a config reload removed keys).

@@ -55,6 +55,9 @@ impl Server {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ServerError> {
         let runtime = Arc::new(Runtime::new(config.clone(), clock)?);
+        if let crate::config::StateConfig::Redis(state) = &config.state {
+            crate::state::redis::start(&runtime.quota, state);
+        }
         let addr = config.server.listen;
         let listener = conn::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
         let certs = match &config.server.tls {

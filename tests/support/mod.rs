@@ -6,6 +6,7 @@ pub mod logs;
 pub mod mock;
 pub mod net;
 pub mod proxy;
+pub mod redis;
 
 pub use mock::{MockUpstream, Reply};
 pub use proxy::{configmap_swap, save_atomically, wait_reload, TestProxy};

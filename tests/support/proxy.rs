@@ -34,6 +34,7 @@ pub struct TestProxyBuilder {
     server: Vec<(String, String)>,
     max_body: Option<u64>,
     extra: String,
+    state: Option<(String, String)>,
 }
 
 impl TestProxyBuilder {
@@ -54,6 +55,13 @@ impl TestProxyBuilder {
             settings: Vec::new(),
             connections: vec![("main".into(), keys.iter().map(|s| s.to_string()).collect())],
         });
+        self
+    }
+
+    /// `[state] backend = "redis"` on `url` (written as a secret file), plus `settings`
+    /// (TOML lines such as `namespace = "t1"`).
+    pub fn redis_state(mut self, url: &str, settings: &str) -> Self {
+        self.state = Some((url.to_string(), settings.to_string()));
         self
     }
 
@@ -228,6 +236,14 @@ impl TestProxyBuilder {
                 }
                 toml.push_str("]\n");
             }
+        }
+        if let Some((url, settings)) = &self.state {
+            std::fs::write(keydir.join("redis-url"), url).unwrap();
+            writeln!(
+                toml,
+                "\n[state]\nbackend = \"redis\"\nurl = \"file:keys/redis-url\"\n{settings}"
+            )
+            .unwrap();
         }
         toml.push('\n');
         toml.push_str(&self.extra);
