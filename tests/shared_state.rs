@@ -250,6 +250,53 @@ async fn a_window_limit_holds_across_replicas() {
     assert_eq!(ok, 200, "memory backend: 100 per replica");
 }
 
+/// Round trips Redis has served from outside (`EVALSHA`/`EVAL` calls: every Keyway write
+/// is one), from `INFO commandstats`.
+fn script_calls(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.conn())
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Counted, not assumed: requests — each one hitting a shared window — cause no Redis
+/// round trip; the replicator's calls follow its clock, not the traffic.
+#[tokio::test]
+async fn requests_make_no_redis_round_trips() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    mock.disable_recording();
+    let a = replica(
+        &mock,
+        &redis,
+        "namespace = \"trt\"\nsync_interval = \"5s\"",
+        Some(LIMIT_POLICY),
+    )
+    .await;
+    healthy(&a).await;
+    // The first hit on a new counter asks for one early sync.
+    assert_eq!(post(&a).await, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = script_calls(&redis);
+    let (ok, _) = alternate(&[&a], 99, Duration::ZERO).await;
+    assert_eq!(ok, 99);
+    let during = script_calls(&redis) - before;
+    // A 5 s sync interval may tick once while the requests run; a round trip per
+    // request would be 99.
+    assert!(during <= 1, "{during} Redis round trips during 99 requests");
+}
+
 /// Requests alternating between replicas until stopped; counts every non-200.
 struct Load {
     stop: Arc<AtomicBool>,

@@ -392,7 +392,7 @@ impl Replicator {
         .map_err(|_| "connect: timed out".to_string())?
         .map_err(|e| format!("connect: {}", e.category()))?;
         // Subscribe before the snapshot, so no change falls between the two.
-        let mut pubsub = tokio::time::timeout(connect_timeout, async {
+        let pubsub = tokio::time::timeout(connect_timeout, async {
             let mut p = client.get_async_pubsub().await?;
             p.subscribe(&self.keys.channel).await?;
             Ok::<_, redis::RedisError>(p)
@@ -400,7 +400,6 @@ impl Replicator {
         .await
         .map_err(|_| "subscribe: timed out".to_string())?
         .map_err(|e| format!("subscribe: {}", e.category()))?;
-        let _ = &mut pubsub;
         let mut session = Session {
             conn,
             last_ver: 0,
