@@ -140,13 +140,20 @@ oha `-q RATE -c 32 --latency-correction`; `examples/sse_load.rs` for streams).
 """
 
 
+NOTES = "## Measurements by change"
+
+
 def main(results_path, out_path, keep_previous):
     r = json.load(open(results_path))
     latest = render(r)
-    previous = ""
+    previous = notes = ""
     if keep_previous:
         try:
             old = open(out_path).read()
+            # Hand-written sections (A/B runs per change) live under NOTES and are kept.
+            if NOTES in old:
+                old, notes = old.split(NOTES, 1)
+                notes = NOTES + notes
             if "## Latest run" in old:
                 previous = old.split("## Latest run", 1)[1].split("## Previous run", 1)[0].strip()
         except FileNotFoundError:
@@ -155,6 +162,8 @@ def main(results_path, out_path, keep_previous):
     text = HEADER + "\n## Latest run\n\n" + latest + ("\n" + reading + "\n" if reading else "")
     if previous:
         text += "\n## Previous run\n\n" + previous + "\n"
+    if notes:
+        text += "\n" + notes.rstrip() + "\n"
     open(out_path, "w").write(text)
     print(latest)
 
