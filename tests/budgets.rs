@@ -110,18 +110,6 @@ async fn allocations_per_request(proxy: &TestProxy, body: &serde_json::Value, n:
     (ALLOCATIONS.load(Ordering::SeqCst) - before) as f64 / n as f64
 }
 
-const CUSTOM: &str = r#"
-fn route(req) {
-    if req.header("x-tier") == "batch" { ["openai/gpt-4o-mini"] } else { routes::resolve(req.model) }
-}
-fn select_key(req, conn) {
-    if req.client == "nobody" { keys::fill_first(conn) } else { keys::round_robin(conn) }
-}
-fn on_outcome(req, attempt, outcome) {
-    if outcome.class == "ok" { quota::hit("ok:" + attempt.provider, 60); "return" } else { "next" }
-}
-"#;
-
 /// Heap allocations per proxied request, shipped policy and a custom one, JSON and SSE.
 /// Measured when the budgets were set (2026-11-28, debug build): shipped JSON 74.8, SSE
 /// 73.6; custom JSON 129.4 (the legacy hyper-util client made that 80.8 / 81.7 / 134.9).
@@ -134,7 +122,12 @@ async fn allocations_per_request_stay_within_budget() {
     let cases: [(&str, Option<&str>, serde_json::Value, f64); 3] = [
         ("shipped policy, JSON", None, chat("gpt-4o"), 82.0),
         ("shipped policy, SSE", None, chat_stream("gpt-4o"), 82.0),
-        ("custom policy, JSON", Some(CUSTOM), chat("gpt-4o"), 142.0),
+        (
+            "custom policy, JSON",
+            Some(support::CUSTOM_POLICY),
+            chat("gpt-4o"),
+            142.0,
+        ),
     ];
     let mut report = Vec::new();
     for (name, policy, body, budget) in cases {
@@ -201,15 +194,7 @@ async fn upstream_connections_are_reused() {
         after_parallel <= 1 + PARALLEL,
         "3 rounds of {PARALLEL} in parallel opened {after_parallel} connections"
     );
-    let metrics = reqwest::Client::new()
-        .get(proxy.admin_url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.metrics_text().await;
     let connects: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("keyway_upstream_connects_total "))

@@ -24,26 +24,6 @@ async fn admin_proxy(mock: &MockUpstream, keys: &[&str]) -> TestProxy {
         .await
 }
 
-/// Scrapes `/metrics` into `name{labels}` → value.
-async fn scrape(proxy: &TestProxy) -> HashMap<String, f64> {
-    let text = reqwest::Client::new()
-        .get(proxy.admin_url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str) -> f64 {
     after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
 }
@@ -52,7 +32,7 @@ fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str)
 async fn metrics_follow_success_fallback_and_streams() {
     let mock = MockUpstream::start().await;
     let proxy = admin_proxy(&mock, &["sk-a", "sk-b"]).await;
-    let before = scrape(&proxy).await;
+    let before = proxy.metrics().await;
 
     // One success; one 429 that falls back to the other key; one stream with usage.
     assert_eq!(
@@ -97,7 +77,7 @@ async fn metrics_follow_success_fallback_and_streams() {
         .await
         .unwrap();
 
-    let after = scrape(&proxy).await;
+    let after = proxy.metrics().await;
     let d = |k: &str| delta(&before, &after, k);
     assert_eq!(
         d(r#"keyway_requests_total{endpoint="chat.completions",model="gpt-4o",status="200"}"#),
@@ -367,19 +347,8 @@ async fn admin_reload_reports_its_result() {
 /// policy whose hooks do their own thing makes exactly one call per hook (3).
 #[tokio::test]
 async fn script_calls_per_request_stay_within_budget() {
-    const CUSTOM: &str = r#"
-fn route(req) {
-    if req.header("x-tier") == "batch" { ["openai/gpt-4o-mini"] } else { routes::resolve(req.model) }
-}
-fn select_key(req, conn) {
-    if req.client == "nobody" { keys::fill_first(conn) } else { keys::round_robin(conn) }
-}
-fn on_outcome(req, attempt, outcome) {
-    if outcome.class == "ok" { quota::hit("ok:" + attempt.provider, 60); "return" } else { "next" }
-}
-"#;
     let hooks = ["route", "select_key", "on_outcome"];
-    for (policy, per_request) in [(None, 0.0), (Some(CUSTOM), 1.0)] {
+    for (policy, per_request) in [(None, 0.0), (Some(support::CUSTOM_POLICY), 1.0)] {
         let mock = MockUpstream::start().await;
         let mut builder = TestProxy::builder()
             .admin(Some(ADMIN_TOKEN), false)
@@ -394,7 +363,7 @@ fn on_outcome(req, attempt, outcome) {
             builder = builder.policy(p);
         }
         let proxy = builder.start().await;
-        let before = scrape(&proxy).await;
+        let before = proxy.metrics().await;
         const N: u32 = 20;
         for _ in 0..N {
             let resp = proxy
@@ -406,7 +375,7 @@ fn on_outcome(req, attempt, outcome) {
             assert_eq!(resp.status(), 200);
             resp.bytes().await.unwrap();
         }
-        let after = scrape(&proxy).await;
+        let after = proxy.metrics().await;
         for hook in hooks {
             let script = delta(
                 &before,

@@ -533,15 +533,7 @@ async fn responses_requests_are_logged_and_counted_like_the_others() {
         "{}",
         lines[0]
     );
-    let metrics = proxy
-        .http()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.metrics_text().await;
     assert!(
         metrics.contains(
             r#"keyway_requests_total{endpoint="responses",model="gpt-5",status="200"} 1"#

@@ -39,18 +39,6 @@ async fn replica(
     b.start().await
 }
 
-async fn admin_state(p: &TestProxy) -> Value {
-    reqwest::Client::new()
-        .get(p.admin_url("/admin/state"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 fn has_lock(state: &Value, scope: &str) -> bool {
     state["locks"]
         .as_array()
@@ -67,7 +55,7 @@ async fn wait_state(
 ) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < limit {
-        if cond(&admin_state(p).await) {
+        if cond(&p.admin_state().await) {
             return Some(start.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -81,7 +69,7 @@ async fn healthy(p: &TestProxy) {
             .await
             .is_some(),
         "replica connects to Redis: {}",
-        admin_state(p).await["state"]
+        p.admin_state().await["state"]
     );
 }
 
@@ -92,7 +80,7 @@ async fn two_replicas(p: &TestProxy) {
             .await
             .is_some(),
         "each replica sees the other's heartbeat: {}",
-        admin_state(p).await["state"]
+        p.admin_state().await["state"]
     );
 }
 
@@ -141,7 +129,7 @@ async fn a_429_on_one_replica_is_honoured_by_the_other() {
     assert!(
         seen.is_some(),
         "the lock reaches B's /admin/state within 100 ms: {}",
-        admin_state(&b).await
+        b.admin_state().await
     );
     eprintln!("lock visible on B after {:?}", seen.unwrap());
     // B's rotation passes k0 within three requests: it skips it now.
@@ -233,7 +221,7 @@ async fn a_window_limit_holds_across_replicas() {
         s["windows"][0]["counter"] == "fleet:chat" && s["windows"][0]["fleet_count"] == 300
     })
     .await;
-    assert!(synced.is_some(), "{}", admin_state(&b).await["windows"]);
+    assert!(synced.is_some(), "{}", b.admin_state().await["windows"]);
 
     // The memory backend: each replica counts alone, so the fleet admits twice the limit.
     let mem_a = TestProxy::builder()
@@ -385,8 +373,8 @@ async fn redis_killed_and_restarted_empty_fails_no_request_and_loses_no_change()
     unlock(&b, KEY0_SCOPE).await;
     mock.push_for_key("sk-1", Reply::status(429).retry_after(120));
     let deadline = Instant::now() + Duration::from_secs(2);
-    while !has_lock(&admin_state(&a).await, KEY1_SCOPE)
-        && !has_lock(&admin_state(&b).await, KEY1_SCOPE)
+    while !has_lock(&a.admin_state().await, KEY1_SCOPE)
+        && !has_lock(&b.admin_state().await, KEY1_SCOPE)
     {
         assert!(
             Instant::now() < deadline,
@@ -395,11 +383,11 @@ async fn redis_killed_and_restarted_empty_fails_no_request_and_loses_no_change()
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(
-        has_lock(&admin_state(&a).await, KEY0_SCOPE),
+        has_lock(&a.admin_state().await, KEY0_SCOPE),
         "A still holds k0's lock"
     );
     assert!(
-        !has_lock(&admin_state(&b).await, KEY0_SCOPE),
+        !has_lock(&b.admin_state().await, KEY0_SCOPE),
         "B unlocked k0"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -415,14 +403,14 @@ async fn redis_killed_and_restarted_empty_fails_no_request_and_loses_no_change()
             t.is_some(),
             "{name} within 2 s of Redis's restart: k1 locked (placed during the outage), \
              k0 unlocked (unlocked during the outage): {}",
-            admin_state(p).await
+            p.admin_state().await
         );
     }
     eprintln!("converged {:?} after the restart", recovered.elapsed());
     // A replica started after the restart learns the lock Redis got back from the others.
     let c = replica(&mock, &redis, "namespace = \"tkill\"", None).await;
     healthy(&c).await;
-    assert!(has_lock(&admin_state(&c).await, KEY1_SCOPE));
+    assert!(has_lock(&c.admin_state().await, KEY1_SCOPE));
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (sent, failed) = load.finish().await;
@@ -432,15 +420,7 @@ async fn redis_killed_and_restarted_empty_fails_no_request_and_loses_no_change()
         failed, 0,
         "no request failed while Redis was down or restarting"
     );
-    let metrics = reqwest::Client::new()
-        .get(a.admin_url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = a.metrics_text().await;
     assert!(metrics.contains("keyway_state_backend_up 1"), "{metrics}");
     assert!(metrics.contains("keyway_state_resyncs_total"), "{metrics}");
 }
@@ -479,7 +459,7 @@ async fn redis_frozen_for_five_seconds_fails_no_request() {
             .await
             .is_some(),
             "{name}: healthy again and holding k0's lock within 2 s of the thaw: {}",
-            admin_state(p).await
+            p.admin_state().await
         );
     }
     let (sent, failed) = load.finish().await;

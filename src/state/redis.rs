@@ -39,6 +39,18 @@ const REPLICA_TTL_MS: u64 = 3_000;
 /// Streaks expire this long after their last failure (in memory they never do).
 const STREAK_TTL_MS: u64 = 3_600_000;
 
+/// Shared by the lock scripts (after `z`, `h` are bound): `now` on Redis's clock, and
+/// expired locks dropped.
+const NOW_AND_TRIM_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local gone = redis.call('ZRANGEBYSCORE', z, '-inf', now)
+if #gone > 0 then
+  redis.call('HDEL', h, unpack(gone))
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
+end
+"#;
+
 /// Applies a batch of events: locks max-merge on Redis's clock, unlocks, streak
 /// increments / max-sets / clears; each change bumps `ver` and is published. Returns the
 /// change counter, or -1 for a seed refused because the epoch exists.
@@ -51,13 +63,7 @@ local evs = cjson.decode(ARGV[4])
 if ARGV[5] == 'seed' and not redis.call('SET', epoch, origin, 'NX') then
   return -1
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local gone = redis.call('ZRANGEBYSCORE', z, '-inf', now)
-if #gone > 0 then
-  redis.call('HDEL', h, unpack(gone))
-  redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
-end
+-- NOW_AND_TRIM
 local function publish(msg)
   msg.v = redis.call('INCR', ver)
   msg.o = origin
@@ -106,13 +112,7 @@ return tonumber(redis.call('GET', ver) or 0)
 /// Everything a resync needs: the change counter, live locks (remaining ms) and streaks.
 const SNAPSHOT_LUA: &str = r#"
 local z, h, ver, st = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local gone = redis.call('ZRANGEBYSCORE', z, '-inf', now)
-if #gone > 0 then
-  redis.call('HDEL', h, unpack(gone))
-  redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
-end
+-- NOW_AND_TRIM
 local locks = {}
 local live = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
 for i = 1, #live, 2 do
@@ -227,8 +227,8 @@ pub fn start(quota: &Arc<QuotaState>, cfg: &RedisState) -> Arc<Shared> {
         keys: Keys::new(&cfg.namespace),
         sync_interval: cfg.sync_interval,
         timeout: cfg.timeout,
-        events: Script::new(EVENTS_LUA),
-        snapshot: Script::new(SNAPSHOT_LUA),
+        events: Script::new(&EVENTS_LUA.replace("-- NOW_AND_TRIM", NOW_AND_TRIM_LUA)),
+        snapshot: Script::new(&SNAPSHOT_LUA.replace("-- NOW_AND_TRIM", NOW_AND_TRIM_LUA)),
         tick: Script::new(TICK_LUA),
     };
     match client {

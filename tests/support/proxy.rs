@@ -295,6 +295,7 @@ impl TestProxyBuilder {
             dir,
             cert,
             client_key: self.clients.first().map(|c| c.1.clone()),
+            admin_token: self.admin.as_ref().and_then(|a| a.0.clone()),
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -310,6 +311,8 @@ pub struct TestProxy {
     pub dir: TempDir,
     pub cert: Option<TestCert>,
     pub client_key: Option<String>,
+    /// The admin listener's bearer token, if it has one.
+    pub admin_token: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -358,6 +361,41 @@ impl TestProxy {
             "http://{}{path}",
             self.admin_addr.expect("started with .admin(..)")
         )
+    }
+
+    /// GET on the admin listener, with its token when it has one.
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        let req = reqwest::Client::new().get(self.admin_url(path));
+        match &self.admin_token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+        .send()
+        .await
+        .unwrap()
+    }
+
+    /// `/metrics` as Prometheus text.
+    pub async fn metrics_text(&self) -> String {
+        self.admin_get("/metrics").await.text().await.unwrap()
+    }
+
+    /// `/metrics` as `name{labels}` → value.
+    pub async fn metrics(&self) -> std::collections::HashMap<String, f64> {
+        self.metrics_text()
+            .await
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// `/admin/state` as JSON.
+    pub async fn admin_state(&self) -> serde_json::Value {
+        self.admin_get("/admin/state").await.json().await.unwrap()
     }
 
     /// POST with the first configured client key.
