@@ -339,6 +339,35 @@ mod tests {
     }
 
     #[test]
+    fn shared_state_queues_changes_except_for_local_scopes() {
+        let (_, q) = state();
+        let shared = Arc::new(Shared::new("r1".into(), "redis://x".into()));
+        q.attach(shared.clone());
+        q.lock_for("key:a", 1_000, "rate_limited");
+        q.lock_for("key:a", 10, "rate_limited"); // shorter: nothing changes, nothing sent
+        q.lock_for("local:probe", 1_000, "x");
+        q.fail("local:s");
+        assert_eq!(q.fail("key:a"), 1);
+        q.clear_streak("key:a");
+        q.clear_streak("key:b"); // no streak: nothing sent
+        assert!(q.unlock("key:a"));
+        assert_eq!(shared.outbox_len(), 4, "lock, fail, clear, unlock");
+        // Another replica's changes are applied without being queued back.
+        q.apply_remote_lock("key:b", 5_000, "quota_exhausted");
+        assert!(q.is_locked("key:b"));
+        q.apply_remote_streak("key:c", 3);
+        assert_eq!(q.streak("key:c"), 3);
+        q.apply_remote_unlock("key:b");
+        assert!(!q.is_locked("key:b"));
+        assert_eq!(shared.outbox_len(), 4);
+        // `local:` counters never reach the shared view.
+        q.hit("local:c", 60_000);
+        assert!(shared.fleet_counts().is_empty());
+        q.hit("c", 60_000);
+        assert_eq!(shared.fleet_counts().len(), 1);
+    }
+
+    #[test]
     fn streaks_count_and_clear() {
         let (_, q) = state();
         assert_eq!(q.fail("k"), 1);

@@ -154,8 +154,8 @@ impl Shared {
     fn view(&self, counter: &str, window_ms: u64, local: u64, now_ms: u64, hits: u64) -> u64 {
         let key = (counter.to_string(), window_ms);
         let fresh = !self.counters.contains_key(&key);
-        if fresh && (hits == 0 || self.counters.len() >= MAX_SHARED_COUNTERS) {
-            // Never hit here (or past the cap): nothing of ours to share.
+        if fresh && self.counters.len() >= MAX_SHARED_COUNTERS {
+            // Past the cap: this counter stays local to this replica.
             return self.degraded_view(local);
         }
         let shared = {
@@ -165,8 +165,12 @@ impl Shared {
             c.fleet + c.pending + c.inflight
         };
         if fresh {
-            // A new counter's fleet total should not wait a whole interval.
+            // A new counter's fleet total should not wait a whole interval (a counter
+            // only read here may be hit elsewhere: it is synced from now on).
             self.wake.notify_one();
+            if hits == 0 {
+                return self.degraded_view(local);
+            }
         }
         if self.is_healthy() {
             shared
@@ -310,12 +314,24 @@ mod tests {
     }
 
     #[test]
+    fn a_counter_only_read_here_is_synced_from_its_first_read() {
+        let s = shared();
+        // Hit only on other replicas: the first read knows nothing yet…
+        assert_eq!(s.count("elsewhere", 60_000, 0, 0), 0);
+        let sent = s.take_deltas(0, 100);
+        assert_eq!(sent, vec![("elsewhere".to_string(), 60_000, 0)]);
+        // …and once synced, reads return the fleet's count.
+        s.deltas_synced(&sent, &[42]);
+        assert_eq!(s.count("elsewhere", 60_000, 0, 0), 42);
+    }
+
+    #[test]
     fn without_redis_a_window_reports_the_local_count_scaled_by_replicas() {
         let s = shared();
         s.replicas.store(3, Ordering::Relaxed);
         s.set_healthy(false);
         assert_eq!(s.hit("c", 60_000, 4, 0), 12);
-        // Never hit here: local only, scaled.
+        // Never synced yet: local only, scaled.
         assert_eq!(s.count("other", 60_000, 2, 0), 6);
     }
 
