@@ -149,14 +149,39 @@ impl Body for MeteredBody {
 
 /// Parses a buffered JSON body's `usage`, once.
 fn take_json_usage(scan: &mut UsageScan, prompt: &mut Option<u64>, completion: &mut Option<u64>) {
-    // Only `usage` is materialised; serde skips the rest of the body without building it.
+    // Only the four counts are read; serde skips everything else without building it.
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        prompt_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+        input_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+    }
     #[derive(serde::Deserialize)]
     struct UsageOnly {
+        usage: Option<Usage>,
+    }
+    #[derive(serde::Deserialize)]
+    struct AnyUsage {
         usage: Option<serde_json::Value>,
     }
     if let UsageScan::Json(buf) = std::mem::replace(scan, UsageScan::None) {
-        if let Ok(UsageOnly { usage: Some(u) }) = serde_json::from_slice::<UsageOnly>(&buf) {
-            read_usage(&u, prompt, completion);
+        match serde_json::from_slice::<UsageOnly>(&buf) {
+            Ok(UsageOnly { usage: Some(u) }) => {
+                if let Some(p) = u.prompt_tokens.or(u.input_tokens) {
+                    *prompt = Some(p);
+                }
+                if let Some(c) = u.completion_tokens.or(u.output_tokens) {
+                    *completion = Some(c);
+                }
+            }
+            Ok(UsageOnly { usage: None }) => {}
+            // An odd shape (a count that is not an integer): read what is readable.
+            Err(_) => {
+                if let Ok(AnyUsage { usage: Some(u) }) = serde_json::from_slice::<AnyUsage>(&buf) {
+                    read_usage(&u, prompt, completion);
+                }
+            }
         }
     }
 }
@@ -338,6 +363,35 @@ pub fn record(c: Completion, complete: bool, prompt: Option<u64>, completion: Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_from_json_bodies_in_either_dialect_and_odd_shapes() {
+        let usage = |body: &str| {
+            let (mut p, mut c) = (None, None);
+            let mut scan = UsageScan::Json(body.as_bytes().to_vec());
+            take_json_usage(&mut scan, &mut p, &mut c);
+            (p, c)
+        };
+        assert_eq!(
+            usage(
+                r#"{"id":"x","usage":{"prompt_tokens":13,"completion_tokens":7,"total_tokens":20,"prompt_tokens_details":{"cached_tokens":0}}}"#
+            ),
+            (Some(13), Some(7))
+        );
+        assert_eq!(
+            usage(
+                r#"{"content":[],"usage":{"input_tokens":5,"output_tokens":9,"cache_read_input_tokens":0}}"#
+            ),
+            (Some(5), Some(9))
+        );
+        // A count that is not an integer spoils only itself.
+        assert_eq!(
+            usage(r#"{"usage":{"prompt_tokens":13.5,"completion_tokens":7}}"#),
+            (None, Some(7))
+        );
+        assert_eq!(usage(r#"{"usage":null}"#), (None, None));
+        assert_eq!(usage("not json"), (None, None));
+    }
 
     #[test]
     fn usage_from_openai_and_anthropic_streams() {
