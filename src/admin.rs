@@ -309,6 +309,8 @@ impl Admin {
                 v
             }).collect::<Vec<_>>(),
             "state": state_json(&snap.config.state, quota),
+            // Keep-alive connections to upstreams waiting in the pool for the next request.
+            "upstream_idle_connections": self.runtime.upstream.idle_connections(),
         })
     }
 

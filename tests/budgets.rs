@@ -202,6 +202,13 @@ async fn upstream_connections_are_reused() {
         .parse()
         .unwrap();
     assert_eq!(connects as usize, after_parallel, "{metrics}");
+    let idle = proxy.admin_state().await["upstream_idle_connections"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (1..=after_parallel as u64).contains(&idle),
+        "{idle} idle upstream connections after {after_parallel} opened"
+    );
 }
 
 /// A connection the upstream closes after its response (`Connection: close`) is not reused,
