@@ -321,10 +321,15 @@ pub struct BaseUrl {
 impl BaseUrl {
     /// The full upstream URI for an API path such as `/chat/completions`, with a query.
     pub fn join(&self, api_path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-        let path_and_query = match query {
-            Some(q) => format!("{}{}?{}", self.path, api_path, q),
-            None => format!("{}{}", self.path, api_path),
-        };
+        // Sized once: `format!` would guess low and grow.
+        let len = self.path.len() + api_path.len() + query.map_or(0, |q| q.len() + 1);
+        let mut path_and_query = String::with_capacity(len);
+        path_and_query.push_str(&self.path);
+        path_and_query.push_str(api_path);
+        if let Some(q) = query {
+            path_and_query.push('?');
+            path_and_query.push_str(q);
+        }
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())

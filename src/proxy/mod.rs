@@ -163,6 +163,7 @@ impl Proxy {
         pending.answered = true;
         let log = &mut pending.log;
         let headers = resp.headers_mut();
+        headers.reserve(2); // the two below, in one growth
         if let Ok(v) = HeaderValue::try_from(log.id.as_str()) {
             headers.insert(REQUEST_ID_HEADER, v);
         }
