@@ -348,10 +348,17 @@ impl Admin {
         let streak = quota.streak(&scope);
         quota.clear_streak(&scope);
         tracing::info!(%scope, unlocked, "admin unlock");
-        json_response(
-            StatusCode::OK,
-            json!({ "scope": scope, "unlocked": unlocked, "cleared_streak": streak }),
-        )
+        let mut answer = json!({ "scope": scope, "unlocked": unlocked, "cleared_streak": streak });
+        if let Some(shared) = quota.shared() {
+            // Every replica's copy goes too: now, or once Redis is back.
+            answer["fleet"] = if shared.is_healthy() {
+                "sent"
+            } else {
+                "queued"
+            }
+            .into();
+        }
+        json_response(StatusCode::OK, answer)
     }
 
     fn explain(&self, query: &str) -> Response<AdminBody> {

@@ -96,7 +96,8 @@ async fn post(p: &TestProxy) -> u16 {
     status
 }
 
-async fn unlock(p: &TestProxy, scope: &str) {
+/// `/admin/unlock`; returns the answer's `fleet` field (`sent` or `queued`).
+async fn unlock(p: &TestProxy, scope: &str) -> String {
     let resp = reqwest::Client::new()
         .post(p.admin_url("/admin/unlock"))
         .bearer_auth(ADMIN_TOKEN)
@@ -105,6 +106,8 @@ async fn unlock(p: &TestProxy, scope: &str) {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    v["fleet"].as_str().unwrap_or_default().to_string()
 }
 
 fn count(keys: &[String], key: &str) -> usize {
@@ -145,7 +148,7 @@ async fn a_429_on_one_replica_is_honoured_by_the_other() {
     two_replicas(&b).await;
 
     // An unlock on B reaches A.
-    unlock(&b, KEY0_SCOPE).await;
+    assert_eq!(unlock(&b, KEY0_SCOPE).await, "sent");
     assert!(
         wait_state(&a, Duration::from_secs(2), |s| !has_lock(s, KEY0_SCOPE))
             .await
@@ -370,7 +373,7 @@ async fn redis_killed_and_restarted_empty_fails_no_request_and_loses_no_change()
     );
     // During the outage: B unlocks k0 (A cannot hear it yet), and whichever replica
     // next sends k1 gets a 429 and locks it locally.
-    unlock(&b, KEY0_SCOPE).await;
+    assert_eq!(unlock(&b, KEY0_SCOPE).await, "queued");
     mock.push_for_key("sk-1", Reply::status(429).retry_after(120));
     let deadline = Instant::now() + Duration::from_secs(2);
     while !has_lock(&a.admin_state().await, KEY1_SCOPE)
