@@ -57,9 +57,11 @@ impl Runtime {
         self.ready.store(ready, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// True once config and policy are loaded and the proxy listener is serving.
+    /// True once config and policy are loaded and the proxy listener is serving (and,
+    /// with `[state] required = true`, once shared state has synced with Redis).
     pub fn is_ready(&self) -> bool {
         self.ready.load(std::sync::atomic::Ordering::SeqCst)
+            && self.quota.shared().is_none_or(|s| s.ready())
     }
 
     /// The current snapshot; hold it for the whole request.

@@ -241,6 +241,36 @@ async fn a_window_limit_holds_across_replicas() {
     assert_eq!(ok, 200, "memory backend: 100 per replica");
 }
 
+/// `required = true`: `/readyz` waits for the first sync with Redis (here frozen at
+/// start), then stays ready.
+#[tokio::test]
+async fn a_replica_that_requires_redis_is_not_ready_before_its_first_sync() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    redis.freeze();
+    let a = replica(&mock, &redis, "namespace = \"treq\"\nrequired = true", None).await;
+    let readyz = |p: &TestProxy| {
+        let url = p.admin_url("/readyz");
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        readyz(&a).await,
+        503,
+        "not ready while Redis cannot be reached"
+    );
+    // Requests are still served on local state meanwhile (readiness is for balancers).
+    assert_eq!(post(&a).await, 200);
+    redis.thaw();
+    healthy(&a).await;
+    assert_eq!(readyz(&a).await, 200);
+    // Without `required`, a replica is ready at once, Redis or not.
+    redis.freeze();
+    let b = replica(&mock, &redis, "namespace = \"treq\"", None).await;
+    assert_eq!(readyz(&b).await, 200);
+    redis.thaw();
+}
+
 /// Round trips Redis has served from outside (`EVALSHA`/`EVAL` calls: every Keyway write
 /// is one), from `INFO commandstats`.
 fn script_calls(redis: &RedisServer) -> u64 {

@@ -36,6 +36,8 @@ pub(super) struct StateSection {
     pub sync_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub required: bool,
 }
 
 /// One `[[capability]]` row: a model glob (optionally one provider's) and the fields it sets.

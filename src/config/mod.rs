@@ -61,11 +61,12 @@ impl StateConfig {
         match self {
             Self::Memory => "memory".into(),
             Self::Redis(r) => format!(
-                "redis {} {} {:?} {:?}",
+                "redis {} {} {:?} {:?} {}",
                 r.url.fingerprint(),
                 r.namespace,
                 r.sync_interval,
-                r.timeout
+                r.timeout,
+                r.required
             ),
         }
     }
@@ -80,6 +81,9 @@ pub struct RedisState {
     pub sync_interval: Duration,
     /// Limit for each Redis command (and 4× this for connecting).
     pub timeout: Duration,
+    /// `/readyz` stays false until the first successful sync (afterwards an outage does
+    /// not take the replica out of a load balancer: it keeps serving on local state).
+    pub required: bool,
 }
 
 impl RedisState {
@@ -588,6 +592,7 @@ impl Validator<'_> {
         let redis_only = [
             raw.url.as_ref().map(|u| ("url", u.span())),
             raw.namespace.as_ref().map(|n| ("namespace", n.span())),
+            raw.required.then(|| ("required", raw.backend.span())),
         ];
         match raw.backend.get_ref().as_str() {
             "memory" => {
@@ -639,6 +644,7 @@ impl Validator<'_> {
                     namespace,
                     sync_interval,
                     timeout,
+                    required: raw.required,
                 }))
             }
             other => self.err(

@@ -277,6 +277,18 @@ fn state_backends_are_validated_without_connecting() {
         e.contains("`url` applies to `backend = \"redis\"` only"),
         "{e}"
     );
+    let e = expect_err(&format!(
+        "{MINIMAL}\n[state]\nbackend = \"memory\"\nrequired = true\n"
+    ));
+    assert!(
+        e.contains("`required` applies to `backend = \"redis\"` only"),
+        "{e}"
+    );
+    let required = parse_str(&format!("{text}required = true\n")).unwrap();
+    assert!(matches!(
+        required.state,
+        StateConfig::Redis(RedisState { required: true, .. })
+    ));
     std::env::set_var("KEYWAY_TEST_REDIS_URL", "http://:hunter2@nowhere");
     let e = expect_err(&text);
     assert!(

@@ -89,6 +89,10 @@ pub struct Shared {
     lock_version: AtomicU64,
     resyncs: AtomicU64,
     dropped: AtomicU64,
+    /// `[state] required`: not ready until the first successful sync.
+    required: AtomicBool,
+    /// Set by the first successful sync.
+    synced: AtomicBool,
 }
 
 impl Shared {
@@ -105,6 +109,8 @@ impl Shared {
             lock_version: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            required: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
         }
     }
 
@@ -248,6 +254,16 @@ impl Shared {
         out
     }
 
+    /// Makes readiness wait for the first successful sync (`[state] required = true`).
+    pub fn require_first_sync(&self) {
+        self.required.store(true, Ordering::Relaxed);
+    }
+
+    /// False while readiness waits for the first sync with Redis.
+    pub fn ready(&self) -> bool {
+        !self.required.load(Ordering::Relaxed) || self.synced.load(Ordering::Relaxed)
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
@@ -265,6 +281,7 @@ impl Shared {
     /// A sync succeeded at local time `now_ms`.
     fn touch(&self, now_ms: u64) {
         self.last_sync_ms.store(now_ms, Ordering::Relaxed);
+        self.synced.store(true, Ordering::Relaxed);
     }
 
     pub fn last_sync_ms(&self) -> u64 {

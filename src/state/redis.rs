@@ -218,6 +218,9 @@ pub fn start(quota: &Arc<QuotaState>, cfg: &RedisState) -> Arc<Shared> {
         fastrand::u16(..)
     );
     let shared = Arc::new(Shared::new(replica_id, cfg.display_url()));
+    if cfg.required {
+        shared.require_first_sync();
+    }
     quota.attach(shared.clone());
     shared.set_healthy(false);
     let client = Client::open(cfg.url.expose()).ok();
