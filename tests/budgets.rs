@@ -86,18 +86,22 @@ async fn start_on(
     rt.spawn(builder.start()).await.unwrap()
 }
 
+/// Posts `body` to `/v1/chat/completions` on `http` (kept alive), expects 200, reads it all.
+async fn chat_ok(http: reqwest::Client, url: String, body: serde_json::Value) {
+    let resp = http.post(url).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+}
+
 /// Allocations per request over `n` requests on one kept-alive client connection.
 async fn allocations_per_request(proxy: &TestProxy, body: &serde_json::Value, n: u64) -> f64 {
     let http = proxy.http();
-    let send = || async {
-        let resp = http
-            .post(proxy.url("/v1/chat/completions"))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.bytes().await.unwrap();
+    let send = || {
+        chat_ok(
+            http.clone(),
+            proxy.url("/v1/chat/completions"),
+            body.clone(),
+        )
     };
     // Warm-up: connections, pools, metric handles, per-thread caches.
     for _ in 0..20 {
@@ -157,15 +161,8 @@ async fn upstream_connections_are_reused() {
         .start()
         .await;
     let http = proxy.http();
-    let post = |body: serde_json::Value| {
-        let http = http.clone();
-        let url = proxy.url("/v1/chat/completions");
-        async move {
-            let resp = http.post(url).json(&body).send().await.unwrap();
-            assert_eq!(resp.status(), 200);
-            resp.bytes().await.unwrap()
-        }
-    };
+    let post =
+        |body: serde_json::Value| chat_ok(http.clone(), proxy.url("/v1/chat/completions"), body);
     for i in 0..30 {
         let body = if i % 2 == 0 {
             chat("gpt-4o")
@@ -225,15 +222,9 @@ async fn closed_and_abandoned_connections_are_not_reused() {
     for _ in 0..3 {
         mock.push(Reply::ok().header("connection", "close"));
     }
+    let url = proxy.url("/v1/chat/completions");
     for _ in 0..5 {
-        let resp = http
-            .post(proxy.url("/v1/chat/completions"))
-            .json(&chat("gpt-4o"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.bytes().await.unwrap();
+        chat_ok(http.clone(), url.clone(), chat("gpt-4o")).await;
     }
     // Three closed by the upstream, so four connections: the last two requests share one.
     assert_eq!(mock.connections(), 4);
@@ -254,14 +245,7 @@ async fn closed_and_abandoned_connections_are_not_reused() {
         mock.wait_aborted(1, support::net::BOUND).await,
         "the upstream saw the abandoned stream's connection close"
     );
-    let resp = http
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&chat("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.bytes().await.unwrap();
+    chat_ok(http.clone(), url, chat("gpt-4o")).await;
     assert_eq!(
         mock.connections(),
         5,
