@@ -79,6 +79,7 @@ impl AdminServer {
             self.admin,
             stop.clone(),
             std::time::Duration::from_secs(1),
+            None,
         ));
         shutdown.await;
         stop.cancel();
@@ -311,6 +312,8 @@ impl Admin {
             "state": state_json(&snap.config.state, quota),
             // Keep-alive connections to upstreams waiting in the pool for the next request.
             "upstream_idle_connections": self.runtime.upstream.idle_connections(),
+            // Client connections open on each serving thread.
+            "workers": self.runtime.serving_threads().map(|w| w.open()),
         })
     }
 

@@ -8,6 +8,10 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    keyway::server::workers::set_thread_hooks(keyway::server::workers::ThreadHooks {
+        on_start: None,
+        on_park: Some(return_freed_memory),
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(return_freed_memory)
@@ -22,8 +26,9 @@ fn main() -> std::process::ExitCode {
 }
 
 /// mimalloc keeps the pages a burst freed until the thread that owns them allocates again,
-/// so an idle proxy would hold a burst's peak for good. Each worker, when it goes idle and
-/// at most once a second, asks mimalloc to return what that thread has free.
+/// so an idle proxy would hold a burst's peak for good. Each runtime thread (serving or
+/// not), when it goes idle and at most once a second, asks mimalloc to return what that
+/// thread has free.
 fn return_freed_memory() {
     use std::cell::Cell;
     use std::time::{Duration, Instant};

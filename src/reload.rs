@@ -437,6 +437,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         "server.max_connections",
         old.server.max_connections != new.server.max_connections,
     );
+    check("server.workers", old.server.workers != new.server.workers);
     check(
         "server.max_header_bytes",
         old.server.max_header_bytes != new.server.max_header_bytes,

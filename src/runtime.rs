@@ -32,6 +32,8 @@ pub struct Runtime {
     pub quota: Arc<QuotaState>,
     pub keys: KeyRegistry,
     pub upstream: Upstream,
+    /// The proxy listener's serving threads, while it serves.
+    serving: std::sync::Mutex<std::sync::Weak<crate::server::workers::Workers>>,
 }
 
 impl Runtime {
@@ -43,6 +45,7 @@ impl Runtime {
             ready: std::sync::atomic::AtomicBool::new(false),
             keys: KeyRegistry::new(&config),
             upstream: Upstream::new(&config.timeouts),
+            serving: std::sync::Mutex::new(std::sync::Weak::new()),
             snapshot: ArcSwap::from_pointee(Snapshot {
                 auth: Arc::new(ClientAuth::new(&config.auth)),
                 redactor: Arc::new(Redactor::new(&config)),
@@ -51,6 +54,19 @@ impl Runtime {
             }),
             quota,
         })
+    }
+
+    /// Records the proxy listener's serving threads (for `/admin/state`).
+    pub fn set_serving_threads(&self, workers: &Arc<crate::server::workers::Workers>) {
+        *self.serving.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(workers);
+    }
+
+    /// The proxy listener's serving threads, if it is serving.
+    pub fn serving_threads(&self) -> Option<Arc<crate::server::workers::Workers>> {
+        self.serving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .upgrade()
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -55,13 +55,22 @@ static GLOBAL: Counting = Counting;
 
 const ADMIN_TOKEN: &str = "admin-token-budgets-000001";
 
-/// Keyway on its own two-thread runtime whose threads count their allocations; the mock
-/// upstream and the test's HTTP client stay on the test's runtime, uncounted.
+fn count_this_thread() {
+    COUNTED.with(|c| c.set(true));
+}
+
+/// Keyway on its own runtime (the accept loop, admin) and serving threads, all of whose
+/// threads count their allocations; the mock upstream and the test's HTTP client stay on
+/// the test's runtime, uncounted.
 fn keyway_runtime() -> tokio::runtime::Runtime {
+    keyway::server::workers::set_thread_hooks(keyway::server::workers::ThreadHooks {
+        on_start: Some(count_this_thread),
+        on_park: None,
+    });
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .on_thread_start(|| COUNTED.with(|c| c.set(true)))
+        .on_thread_start(count_this_thread)
         .build()
         .unwrap()
 }
@@ -138,6 +147,12 @@ async fn allocations_per_request_stay_within_budget() {
         let proxy = start_on(&rt, &mock, policy).await;
         let per_request = allocations_per_request(&proxy, &body, 200).await;
         report.push(format!("{name}: {per_request:.1} (budget {budget})"));
+        // A proxied request cannot take fewer: if it seems to, the serving threads are
+        // not being counted and the budget would pass for nothing.
+        assert!(
+            per_request >= 20.0,
+            "{name}: only {per_request:.1} allocations counted per request"
+        );
         assert!(
             per_request <= budget,
             "{name}: {per_request:.1} allocations per request, budget {budget}\n{}",

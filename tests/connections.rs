@@ -170,3 +170,43 @@ async fn at_the_cap_a_request_in_flight_is_never_evicted() {
     let body = stream.text().await.expect("the busy stream was cut");
     assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
 }
+
+#[tokio::test]
+async fn connections_are_spread_over_the_serving_threads() {
+    let mock = MockUpstream::start().await;
+    let proxy = proxy(&mock, |b| b.server("workers", "2").admin(None, true)).await;
+    let workers = || async { proxy.admin_state().await["workers"].clone() };
+    assert_eq!(workers().await, serde_json::json!([0, 0]));
+    // Four clients, one kept-alive connection each: two per thread, whatever the order.
+    let clients: Vec<reqwest::Client> = (0..4)
+        .map(|_| {
+            proxy
+                .http_builder()
+                .pool_max_idle_per_host(1)
+                .timeout(BOUND)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for round in 0..3 {
+        for client in &clients {
+            let resp = client
+                .post(proxy.url("/v1/chat/completions"))
+                .json(&chat("gpt-4o"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "round {round}");
+            resp.bytes().await.unwrap();
+        }
+        assert_eq!(workers().await, serde_json::json!([2, 2]), "round {round}");
+    }
+    drop(clients);
+    for _ in 0..200 {
+        if workers().await == serde_json::json!([0, 0]) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("connections still counted open: {}", workers().await);
+}

@@ -101,6 +101,7 @@ pub(super) struct ServerSection {
     pub max_header_bytes: Option<Spanned<u64>>,
     pub max_uri_bytes: Option<Spanned<u64>>,
     pub max_sse_event_bytes: Option<Spanned<u64>>,
+    pub workers: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

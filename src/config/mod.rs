@@ -160,11 +160,18 @@ pub struct ServerConfig {
     /// Largest SSE event held back while relaying a stream; beyond it the stream ends with
     /// the client's terminal error event.
     pub max_sse_event_bytes: usize,
+    /// Serving threads: each runs its own single-threaded runtime, and a connection stays
+    /// on the thread it was given (fewest open connections first).
+    pub workers: usize,
 }
 
 /// Defaults and bounds of the `[server]` limits (README documents the same numbers).
 pub mod limits {
     pub const MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+    /// Default `workers`: one serving thread per CPU the process may use.
+    pub fn default_workers() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
     /// Upper default for `max_connections`; lowered to fit the descriptor limit.
     pub const MAX_CONNECTIONS: usize = 10_000;
     pub const MAX_HEADER_BYTES: usize = 32 * 1024;
@@ -513,6 +520,12 @@ impl Validator<'_> {
                 "max_sse_event_bytes",
                 1024..=1024 * 1024 * 1024,
                 limits::MAX_SSE_EVENT_BYTES as u64,
+            )? as usize,
+            workers: self.bounded(
+                &raw.server.workers,
+                "workers",
+                1..=1024,
+                limits::default_workers() as u64,
             )? as usize,
         };
         let t = &raw.timeouts;

@@ -46,6 +46,17 @@ fn parses_a_full_config_into_the_internal_shape() {
     assert_eq!(keys[0].id, "KEYWAY_TEST_CFG_KEY");
     assert_eq!((keys[1].id.as_str(), keys[1].weight), ("second", 3));
     assert_eq!(c.timeouts, Timeouts::default());
+    assert_eq!(c.server.workers, limits::default_workers());
+}
+
+#[test]
+fn serving_threads_are_bounded_and_located() {
+    let with = |n: &str| MINIMAL.replace("listen = ", &format!("workers = {n}\nlisten = "));
+    with_env();
+    assert_eq!(parse_str(&with("3")).unwrap().server.workers, 3);
+    let e = expect_err(&with("0"));
+    assert!(e.starts_with("keyway.toml:3:"), "{e}");
+    assert!(e.contains("workers must be between 1 and 1024"), "{e}");
 }
 
 fn expect_err(text: &str) -> String {

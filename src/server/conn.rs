@@ -306,6 +306,7 @@ impl Connections {
         handler: Arc<H>,
         shutdown: CancellationToken,
         drain: Duration,
+        workers: Option<Arc<super::workers::Workers>>,
     ) {
         let builder = http_builder(&self.settings);
         let mut failures = AcceptFailures::default();
@@ -341,10 +342,36 @@ impl Connections {
                 handler.clone(),
                 shutdown.clone(),
             );
-            self.tasks.spawn(async move {
-                conn.connection(stream, peer, admitted, builder, tls, handler, shutdown)
-                    .await
-            });
+            match &workers {
+                None => {
+                    self.tasks.spawn(async move {
+                        conn.connection(stream, peer, admitted, builder, tls, handler, shutdown)
+                            .await
+                    });
+                }
+                Some(workers) => {
+                    // Moved to a serving thread's reactor: deregistered here, registered
+                    // there on the task's first poll.
+                    let stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot hand a connection over");
+                            continue;
+                        }
+                    };
+                    workers.spawn(self.tasks.track_future(async move {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => {
+                                conn.connection(
+                                    stream, peer, admitted, builder, tls, handler, shutdown,
+                                )
+                                .await
+                            }
+                            Err(e) => tracing::debug!(error = %e, "cannot take a connection over"),
+                        }
+                    }));
+                }
+            }
         }
         drop(listener);
         self.tasks.close();

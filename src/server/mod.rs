@@ -5,6 +5,7 @@
 
 pub mod conn;
 pub mod tls;
+pub mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -98,12 +99,25 @@ impl Server {
         let config = self.runtime().snapshot().config.clone();
         let conns = Connections::new("proxy", settings(&config.server, &self.timeouts));
         let stop = CancellationToken::new();
+        let workers = match workers::Workers::start(config.server.workers) {
+            Ok(w) => {
+                let w = Arc::new(w);
+                self.runtime().set_serving_threads(&w);
+                Some(w)
+            }
+            Err(e) => {
+                // Serving on the main runtime is slower, never wrong.
+                tracing::error!(error = %e, "cannot start the serving threads; serving on the main runtime");
+                None
+            }
+        };
         let serving = tokio::spawn(conns.serve(
             self.listener,
             self.tls,
             self.proxy.clone(),
             stop.clone(),
             self.timeouts.shutdown_drain,
+            workers,
         ));
         self.proxy.runtime().set_ready(true);
         shutdown.await;
