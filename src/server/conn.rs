@@ -113,25 +113,40 @@ struct ConnState {
     served: AtomicBool,
     /// Chosen for eviction: close it as soon as possible.
     evicting: AtomicBool,
+    /// Milliseconds after `opened` at which the driver's timer fires; [`DISARMED`] when it
+    /// has none. The timer is lazy: a request ending moves the idle deadline later, which
+    /// the driver notices when the timer fires, so only a deadline *earlier* than the
+    /// armed one (or none armed) needs `became_idle`.
+    armed_ms: AtomicU64,
+    /// `settings.idle` in milliseconds.
+    idle_ms: u64,
     became_idle: Notify,
     evict: Notify,
 }
 
+const DISARMED: u64 = u64::MAX;
+
 impl ConnState {
-    fn new() -> Self {
+    fn new(idle: Duration) -> Self {
         Self {
             opened: Instant::now(),
             in_flight: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
             served: AtomicBool::new(false),
             evicting: AtomicBool::new(false),
+            armed_ms: AtomicU64::new(DISARMED),
+            idle_ms: idle.as_millis() as u64,
             became_idle: Notify::new(),
             evict: Notify::new(),
         }
     }
 
+    fn ms_after_open(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.opened).as_millis() as u64
+    }
+
     fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         if !self.served.load(Ordering::Relaxed) {
             self.served.store(true, Ordering::Relaxed);
         }
@@ -140,7 +155,7 @@ impl ConnState {
 
     /// When the connection should close if nothing starts meanwhile; `None` while busy.
     fn deadline(&self, s: &ConnSettings) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
             return None;
         }
         Some(if self.served.load(Ordering::Relaxed) {
@@ -166,7 +181,11 @@ impl Drop for InFlight {
         let s = &self.0;
         let ms = s.opened.elapsed().as_millis() as u64;
         s.idle_since_ms.store(ms, Ordering::Release);
-        if s.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SeqCst with the driver's store of `armed_ms` and load of `in_flight`: either it
+        // sees this request gone and arms for the new deadline, or this sees it disarmed.
+        if s.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && s.armed_ms.load(Ordering::SeqCst) > ms.saturating_add(s.idle_ms)
+        {
             s.became_idle.notify_one();
         }
     }
@@ -277,7 +296,7 @@ impl Connections {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(ConnState::new());
+        let state = Arc::new(ConnState::new(self.settings.idle));
         live.insert(id, state.clone());
         metrics::gauge!(m::CONNECTIONS, "listener" => self.name).set(live.len() as f64);
         Some(Admitted {
@@ -462,15 +481,37 @@ impl Connections {
     {
         tokio::pin!(conn);
         let s = &self.settings;
+        let shutting_down = shutdown.cancelled();
+        let evicted = state.evict.notified();
+        let became_idle = state.became_idle.notified();
+        // Armed lazily, far out until the first deadline is known.
+        let timer = tokio::time::sleep_until(Instant::now() + Duration::from_secs(86_400 * 365));
+        tokio::pin!(shutting_down, evicted, became_idle, timer);
+        let mut armed: Option<Instant> = None;
         let reason = loop {
-            let deadline = state.deadline(s);
+            match state.deadline(s) {
+                Some(d) if armed.is_none_or(|a| d < a) => {
+                    timer.as_mut().reset(d);
+                    armed = Some(d);
+                    state
+                        .armed_ms
+                        .store(state.ms_after_open(d), Ordering::SeqCst);
+                }
+                _ => {}
+            }
             tokio::select! {
+                biased;
                 r = conn.as_mut() => return r,
-                () = shutdown.cancelled() => break CloseReason::Shutdown,
-                () = state.evict.notified() => break CloseReason::Evicted,
-                // A request ended: the deadline moves (it may come sooner than the one slept on).
-                () = state.became_idle.notified() => continue,
-                () = sleep_until(deadline), if deadline.is_some() => {
+                () = &mut shutting_down => break CloseReason::Shutdown,
+                () = &mut evicted => break CloseReason::Evicted,
+                // The deadline came sooner than the armed one, or there was none armed.
+                () = &mut became_idle => {
+                    became_idle.set(state.became_idle.notified());
+                    continue;
+                }
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    state.armed_ms.store(DISARMED, Ordering::SeqCst);
                     match state.deadline(s) {
                         Some(d) if d <= Instant::now() => {
                             break if state.served.load(Ordering::Relaxed) {
@@ -479,6 +520,8 @@ impl Connections {
                                 CloseReason::FirstRequest
                             };
                         }
+                        // Busy (re-armed when it goes idle) or a later deadline (re-armed
+                        // at the top).
                         _ => continue,
                     }
                 }
@@ -502,13 +545,6 @@ impl Connections {
                 }
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
