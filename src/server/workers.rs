@@ -124,14 +124,6 @@ impl Workers {
             .map(|w| w.open.load(Ordering::Relaxed))
             .collect()
     }
-
-    pub fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
-    }
 }
 
 impl Drop for Workers {
