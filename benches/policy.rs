@@ -76,8 +76,7 @@ fn setup(text: &str, keys: usize) -> Setup {
     let policy = Policy::compile(Arc::from("main.rhai"), text, &cfg, quota.clone()).unwrap();
     let registry = KeyRegistry::new(&cfg);
     let c = cfg.providers[0].connections[0].clone();
-    let key = &c.keys[0];
-    let attempt = AttemptView(Arc::new(AttemptInfo::new(1, &c, key, "gpt-4o")));
+    let attempt = AttemptView(Arc::new(AttemptInfo::new(1, &c, 0, Arc::from("gpt-4o"))));
     Setup {
         req: RequestView(Arc::new(RequestInfo {
             model: "gpt-4o".into(),

@@ -30,6 +30,13 @@ pub mod state;
 pub mod translate;
 pub mod upstream;
 
+/// A hash map for lookups on the request path whose keys come from config (provider ids,
+/// model labels), not from clients: foldhash instead of SipHash, several times cheaper on
+/// short strings. Maps keyed by client input keep the standard hasher.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The set counterpart of [`FastMap`].
+pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
 /// Installs the process-wide rustls crypto provider (ring). Call once, before any TLS use;
 /// calling it again is harmless.
 pub fn install_crypto_provider() {

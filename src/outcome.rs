@@ -3,9 +3,20 @@
 
 use std::fmt;
 
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 
 use crate::quota::retry_after;
+
+/// The remaining-quota headers, OpenAI's then Anthropic's, as statics: a lookup by `&str`
+/// would parse and hash the name on every response.
+static REMAINING_REQUESTS: [HeaderName; 2] = [
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
+];
+static REMAINING_TOKENS: [HeaderName; 2] = [
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
+];
 
 /// The outcome classes policies switch on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,10 +112,10 @@ impl Outcome {
         keep_headers: bool,
     ) -> Self {
         let class = classify(status, body);
-        let remaining = |names: [&str; 2]| {
+        let remaining = |names: &[HeaderName; 2]| {
             names
                 .iter()
-                .filter_map(|n| headers.get(*n))
+                .filter_map(|n| headers.get(n))
                 .filter_map(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
                 .next()
         };
@@ -123,14 +134,8 @@ impl Outcome {
                 retry_after::retry_after_ms(headers, body, now_ms)
             },
             daily,
-            remaining_requests: remaining([
-                "x-ratelimit-remaining-requests",
-                "anthropic-ratelimit-requests-remaining",
-            ]),
-            remaining_tokens: remaining([
-                "x-ratelimit-remaining-tokens",
-                "anthropic-ratelimit-tokens-remaining",
-            ]),
+            remaining_requests: remaining(&REMAINING_REQUESTS),
+            remaining_tokens: remaining(&REMAINING_TOKENS),
             message: if body.is_empty() {
                 String::new()
             } else {

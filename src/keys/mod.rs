@@ -15,6 +15,7 @@ use metrics::{Counter, Histogram};
 use crate::config::{ApiKey, Config, Connection};
 use crate::metrics as m;
 use crate::outcome::OutcomeClass;
+use crate::FastMap;
 
 pub use scopes::Scopes;
 
@@ -220,7 +221,7 @@ impl KeyPool {
 #[derive(Debug, Default)]
 pub struct KeyRegistry {
     /// provider id → connection id → pool.
-    pools: ArcSwap<HashMap<String, HashMap<String, Arc<KeyPool>>>>,
+    pools: ArcSwap<FastMap<String, FastMap<String, Arc<KeyPool>>>>,
 }
 
 impl KeyRegistry {
@@ -240,7 +241,7 @@ impl KeyRegistry {
             .flat_map(|p| p.connections.iter())
             .map(|c| (c.name(), c))
             .collect();
-        let mut pools: HashMap<String, HashMap<String, Arc<KeyPool>>> = HashMap::new();
+        let mut pools: FastMap<String, FastMap<String, Arc<KeyPool>>> = FastMap::default();
         for c in config.providers.iter().flat_map(|p| p.connections.iter()) {
             let previous_pool = old
                 .get(&c.provider)
@@ -290,7 +291,7 @@ impl KeyRegistry {
                 (provider.clone(), id.clone(), Arc::new(copy))
             })
             .fold(
-                HashMap::<String, HashMap<String, Arc<KeyPool>>>::new(),
+                FastMap::<String, FastMap<String, Arc<KeyPool>>>::default(),
                 |mut acc, (p, id, pool)| {
                     acc.entry(p).or_default().insert(id, pool);
                     acc

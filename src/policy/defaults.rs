@@ -41,13 +41,16 @@ pub fn on_outcome(quota: &QuotaState, a: &AttemptInfo, o: &Outcome) -> Decision 
     let class = o.class.as_str();
     match o.class {
         OutcomeClass::Ok => {
-            quota.clear_streak(&a.key_scope);
-            quota.clear_streak(&a.conn_scope);
+            // Scope names are formatted only when there may be a streak to clear.
+            if quota.any_streak() {
+                quota.clear_streak(a.key_scope());
+                quota.clear_streak(a.conn_scope());
+            }
             Decision::Return
         }
         OutcomeClass::RateLimited => {
             quota.lock_for(
-                &a.key_model_scope,
+                a.key_model_scope(),
                 o.retry_after_ms.unwrap_or(RATE_LIMIT_LOCK_MS),
                 class,
             );
@@ -60,22 +63,22 @@ pub fn on_outcome(quota: &QuotaState, a: &AttemptInfo, o: &Outcome) -> Decision 
                 None if o.daily => next_midnight_utc_ms(now),
                 None => now.saturating_add(QUOTA_LOCK_MS),
             };
-            quota.lock_until(&a.key_model_scope, until, class);
+            quota.lock_until(a.key_model_scope(), until, class);
             Decision::Next
         }
         OutcomeClass::Auth => {
-            if quota.fail(&a.key_scope) >= 2 {
-                quota.lock_for(&a.key_scope, AUTH_INVALID_MS, "invalid");
+            if quota.fail(a.key_scope()) >= 2 {
+                quota.lock_for(a.key_scope(), AUTH_INVALID_MS, "invalid");
             } else {
-                quota.lock_for(&a.key_scope, AUTH_COOL_MS, class);
+                quota.lock_for(a.key_scope(), AUTH_COOL_MS, class);
             }
             Decision::Next
         }
         OutcomeClass::ContextLength => Decision::NextTarget,
         OutcomeClass::BadRequest => Decision::Return,
         OutcomeClass::Server | OutcomeClass::Timeout | OutcomeClass::Network => {
-            if let Some(ms) = server_cool_ms(quota.fail(&a.conn_scope)) {
-                quota.lock_for(&a.conn_scope, ms, class);
+            if let Some(ms) = server_cool_ms(quota.fail(a.conn_scope())) {
+                quota.lock_for(a.conn_scope(), ms, class);
             }
             Decision::NextConnection
         }

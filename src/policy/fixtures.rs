@@ -262,13 +262,13 @@ fn run_case(config: &Config, source: &Arc<str>, text: &str, case: &Case) -> Resu
     let key = conn
         .keys
         .iter()
-        .find(|k| k.id == key_id)
+        .position(|k| k.id == key_id)
         .ok_or("unknown key")?;
     let status = StatusCode::from_u16(o.status).map_err(|e| e.to_string())?;
     let mut outcome =
         Outcome::from_response(status, &headers(&o.headers)?, &o.body, quota.now_ms());
     outcome.cap_wait(&config.policy);
-    let attempt = AttemptView(Arc::new(AttemptInfo::new(1, conn, key, model)));
+    let attempt = AttemptView(Arc::new(AttemptInfo::new(1, conn, key, Arc::from(model))));
     let decision = policy
         .on_outcome(&req.view(), &attempt, &OutcomeView(Arc::new(outcome)))
         .map_err(|e| e.to_string())?;

@@ -212,8 +212,7 @@ fn request_credentials_are_invisible_to_scripts() {
 fn main_rhai_matches_the_native_defaults() {
     let cfg = config();
     let conn = cfg.providers[0].connections[0].clone();
-    let key = &conn.keys[0];
-    let attempt = AttemptInfo::new(1, &conn, key, "gpt-4o");
+    let attempt = AttemptInfo::new(1, &conn, 0, Arc::from("gpt-4o"));
     let outcomes = [
         (200, "", None),
         (429, "rate limit", Some("7")),
@@ -251,7 +250,7 @@ fn main_rhai_matches_the_native_defaults() {
                 let d = if scripted {
                     p.on_outcome(
                         &req("gpt-4o"),
-                        &AttemptView(Arc::new(AttemptInfo::new(1, &conn, key, "gpt-4o"))),
+                        &AttemptView(Arc::new(AttemptInfo::new(1, &conn, 0, Arc::from("gpt-4o")))),
                         &OutcomeView(Arc::new(o)),
                     )
                     .unwrap()

@@ -1,7 +1,7 @@
 //! The read-only objects scripts see: `req`, `attempt`, `outcome` and `conn`. Each is a
 //! cheap `Arc` handle; getters copy out small values.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderMap;
 use rhai::{Dynamic, Engine, ImmutableString, INT};
@@ -27,36 +27,68 @@ pub struct RequestInfo {
 #[derive(Debug, Clone)]
 pub struct RequestView(pub Arc<RequestInfo>);
 
-/// One attempt: where it goes and with which key.
+/// One attempt: where it goes and with which key. Built per attempt, so it holds handles
+/// only; the scope names are formatted on first use (the success path of the default
+/// policy reads none of them unless a failure streak exists).
 #[derive(Debug)]
 pub struct AttemptInfo {
     pub number: u32,
-    pub provider: String,
-    pub connection: String,
-    pub model: String,
-    pub key_id: String,
-    pub fingerprint: String,
-    pub key_scope: String,
-    pub key_model_scope: String,
-    pub conn_scope: String,
-    pub model_scope: String,
+    pub conn: Arc<Connection>,
+    /// Index of the key in `conn.keys`.
+    key: usize,
+    pub model: Arc<str>,
+    key_scope: OnceLock<String>,
+    key_model_scope: OnceLock<String>,
+    conn_scope: OnceLock<String>,
+    model_scope: OnceLock<String>,
 }
 
 impl AttemptInfo {
-    /// Attempt `number` of a request, with `key` of `conn`, asking for `model`.
-    pub fn new(number: u32, conn: &Connection, key: &ApiKey, model: &str) -> Self {
+    /// Attempt `number` of a request, with key `key` (an index into `conn.keys`) of
+    /// `conn`, asking for `model`.
+    ///
+    /// # Panics
+    /// If `key` is not an index of `conn.keys` (selection only returns valid indexes).
+    pub fn new(number: u32, conn: &Arc<Connection>, key: usize, model: Arc<str>) -> Self {
+        assert!(key < conn.keys.len(), "key index out of range");
         Self {
             number,
-            provider: conn.provider.clone(),
-            connection: conn.id.clone(),
-            model: model.to_string(),
-            key_id: key.id.clone(),
-            fingerprint: key.secret.fingerprint().to_string(),
-            key_scope: Scopes::key(conn, key),
-            key_model_scope: Scopes::key_model(conn, key, model),
-            conn_scope: Scopes::connection(conn),
-            model_scope: Scopes::model(&conn.provider, model),
+            conn: conn.clone(),
+            key,
+            model,
+            key_scope: OnceLock::new(),
+            key_model_scope: OnceLock::new(),
+            conn_scope: OnceLock::new(),
+            model_scope: OnceLock::new(),
         }
+    }
+
+    pub fn provider(&self) -> &str {
+        &self.conn.provider
+    }
+
+    pub fn key(&self) -> &ApiKey {
+        &self.conn.keys[self.key]
+    }
+
+    pub fn key_scope(&self) -> &str {
+        self.key_scope
+            .get_or_init(|| Scopes::key(&self.conn, self.key()))
+    }
+
+    pub fn key_model_scope(&self) -> &str {
+        self.key_model_scope
+            .get_or_init(|| Scopes::key_model(&self.conn, self.key(), &self.model))
+    }
+
+    pub fn conn_scope(&self) -> &str {
+        self.conn_scope
+            .get_or_init(|| Scopes::connection(&self.conn))
+    }
+
+    pub fn model_scope(&self) -> &str {
+        self.model_scope
+            .get_or_init(|| Scopes::model(&self.conn.provider, &self.model))
     }
 }
 
@@ -117,20 +149,28 @@ pub fn register(engine: &mut Engine) {
     engine
         .register_type_with_name::<AttemptView>("Attempt")
         .register_get("number", |a: &mut AttemptView| a.0.number as INT)
-        .register_get("provider", |a: &mut AttemptView| a.0.provider.clone())
-        .register_get("connection", |a: &mut AttemptView| a.0.connection.clone())
-        .register_get("model", |a: &mut AttemptView| a.0.model.clone())
+        .register_get("provider", |a: &mut AttemptView| a.0.conn.provider.clone())
+        .register_get("connection", |a: &mut AttemptView| a.0.conn.id.clone())
+        .register_get("model", |a: &mut AttemptView| a.0.model.to_string())
         .register_get("target", |a: &mut AttemptView| {
-            format!("{}/{}", a.0.provider, a.0.model)
+            format!("{}/{}", a.0.conn.provider, a.0.model)
         })
-        .register_get("key", |a: &mut AttemptView| a.0.key_id.clone())
-        .register_get("fingerprint", |a: &mut AttemptView| a.0.fingerprint.clone())
-        .register_get("key_scope", |a: &mut AttemptView| a.0.key_scope.clone())
+        .register_get("key", |a: &mut AttemptView| a.0.key().id.clone())
+        .register_get("fingerprint", |a: &mut AttemptView| {
+            a.0.key().secret.fingerprint().to_string()
+        })
+        .register_get("key_scope", |a: &mut AttemptView| {
+            a.0.key_scope().to_string()
+        })
         .register_get("key_model_scope", |a: &mut AttemptView| {
-            a.0.key_model_scope.clone()
+            a.0.key_model_scope().to_string()
         })
-        .register_get("conn_scope", |a: &mut AttemptView| a.0.conn_scope.clone())
-        .register_get("model_scope", |a: &mut AttemptView| a.0.model_scope.clone());
+        .register_get("conn_scope", |a: &mut AttemptView| {
+            a.0.conn_scope().to_string()
+        })
+        .register_get("model_scope", |a: &mut AttemptView| {
+            a.0.model_scope().to_string()
+        });
     engine
         .register_type_with_name::<OutcomeView>("Outcome")
         .register_get("class", |o: &mut OutcomeView| {

@@ -158,6 +158,7 @@ impl AttemptContext<'_> {
                 }
                 let pool = self.runtime.keys.pool(conn);
                 let mut tried: Vec<usize> = Vec::new();
+                let model: Arc<str> = Arc::from(target.model.as_str());
                 loop {
                     if budget == 0 {
                         break 'targets;
@@ -165,7 +166,7 @@ impl AttemptContext<'_> {
                     let view = ConnView {
                         conn: conn.clone(),
                         pool: pool.clone(),
-                        model: Arc::from(target.model.as_str()),
+                        model: model.clone(),
                         tried: Arc::from(tried.as_slice()),
                     };
                     let selected = match self.snap.policy.select_key(&self.req, &view) {
@@ -194,8 +195,12 @@ impl AttemptContext<'_> {
                     let (outcome, response) =
                         self.try_once(target, conn, key, translated.as_ref()).await;
                     let upstream_wait = started.elapsed();
-                    let attempt =
-                        AttemptView(Arc::new(AttemptInfo::new(number, conn, key, &target.model)));
+                    let attempt = AttemptView(Arc::new(AttemptInfo::new(
+                        number,
+                        conn,
+                        index,
+                        model.clone(),
+                    )));
                     let outcome = OutcomeView(Arc::new(outcome));
                     let decision = match self.snap.policy.on_outcome(&self.req, &attempt, &outcome)
                     {

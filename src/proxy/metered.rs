@@ -147,16 +147,18 @@ impl Body for MeteredBody {
     }
 }
 
+/// The four counts Keyway reads from a `usage` object; serde skips everything else
+/// without building it.
+#[derive(serde::Deserialize)]
+struct Usage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
 /// Parses a buffered JSON body's `usage`, once.
 fn take_json_usage(scan: &mut UsageScan, prompt: &mut Option<u64>, completion: &mut Option<u64>) {
-    // Only the four counts are read; serde skips everything else without building it.
-    #[derive(serde::Deserialize)]
-    struct Usage {
-        prompt_tokens: Option<u64>,
-        completion_tokens: Option<u64>,
-        input_tokens: Option<u64>,
-        output_tokens: Option<u64>,
-    }
     #[derive(serde::Deserialize)]
     struct UsageOnly {
         usage: Option<Usage>,
@@ -165,25 +167,82 @@ fn take_json_usage(scan: &mut UsageScan, prompt: &mut Option<u64>, completion: &
     struct AnyUsage {
         usage: Option<serde_json::Value>,
     }
-    if let UsageScan::Json(buf) = std::mem::replace(scan, UsageScan::None) {
-        match serde_json::from_slice::<UsageOnly>(&buf) {
-            Ok(UsageOnly { usage: Some(u) }) => {
-                if let Some(p) = u.prompt_tokens.or(u.input_tokens) {
-                    *prompt = Some(p);
-                }
-                if let Some(c) = u.completion_tokens.or(u.output_tokens) {
-                    *completion = Some(c);
-                }
-            }
-            Ok(UsageOnly { usage: None }) => {}
+    let UsageScan::Json(buf) = std::mem::replace(scan, UsageScan::None) else {
+        return;
+    };
+    let usage = match usage_from_tail(&buf) {
+        Some(u) => Some(u),
+        None => match serde_json::from_slice::<UsageOnly>(&buf) {
+            Ok(UsageOnly { usage }) => usage,
             // An odd shape (a count that is not an integer): read what is readable.
             Err(_) => {
                 if let Ok(AnyUsage { usage: Some(u) }) = serde_json::from_slice::<AnyUsage>(&buf) {
                     read_usage(&u, prompt, completion);
                 }
+                None
             }
+        },
+    };
+    if let Some(u) = usage {
+        if let Some(p) = u.prompt_tokens.or(u.input_tokens) {
+            *prompt = Some(p);
+        }
+        if let Some(c) = u.completion_tokens.or(u.output_tokens) {
+            *completion = Some(c);
         }
     }
+}
+
+/// The root object's `usage` member, found from the end of the body without parsing what
+/// comes before it. Providers put `usage` last or nearly so (OpenAI: before
+/// `system_fingerprint`; Anthropic: last), so this reads a few dozen bytes where a full
+/// parse reads them all. It answers only when it can prove the member belongs to the root:
+/// everything after the `usage` value must be further members and the root's closing
+/// brace. Anything else (no match, an escaped quote, a nested `usage`, a count that is not
+/// an integer) returns `None`, and the caller parses the whole body.
+fn usage_from_tail(buf: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let at = memmem::rfind(buf, KEY)?;
+    // An odd run of backslashes before the quote escapes it: that is string content.
+    let backslashes = buf[..at].iter().rev().take_while(|&&b| b == b'\\').count();
+    if backslashes % 2 == 1 {
+        return None;
+    }
+    let rest = skip_ws(&buf[at + KEY.len()..]);
+    let rest = skip_ws(rest.strip_prefix(b":")?);
+    let (usage, mut rest) = next_value::<Usage>(rest)?;
+    loop {
+        rest = skip_ws(rest);
+        match rest.split_first()? {
+            (b'}', tail) => return skip_ws(tail).is_empty().then_some(usage),
+            (b',', tail) => {
+                let tail = skip_ws(tail);
+                if tail.first() != Some(&b'"') {
+                    return None;
+                }
+                let (_, tail) = next_value::<serde::de::IgnoredAny>(tail)?;
+                let tail = skip_ws(tail).strip_prefix(b":")?;
+                let (_, tail) = next_value::<serde::de::IgnoredAny>(skip_ws(tail))?;
+                rest = tail;
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(b: &[u8]) -> &[u8] {
+    let n = b
+        .iter()
+        .take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+        .count();
+    &b[n..]
+}
+
+/// One JSON value from the front of `b`, and what follows it.
+fn next_value<'a, T: serde::Deserialize<'a>>(b: &'a [u8]) -> Option<(T, &'a [u8])> {
+    let mut values = serde_json::Deserializer::from_slice(b).into_iter::<T>();
+    let v = values.next()?.ok()?;
+    Some((v, &b[values.byte_offset()..]))
 }
 
 /// Reads `usage` in either dialect; later values win (Anthropic's deltas are cumulative).
@@ -229,18 +288,18 @@ fn scan_sse(data: &[u8], prompt: &mut Option<u64>, completion: &mut Option<u64>)
 /// config's or `other`), so the caches are too.
 mod handles {
     use std::cell::RefCell;
-    use std::collections::HashMap;
 
     use metrics::Counter;
 
     use crate::metrics as m;
+    use crate::FastMap;
 
-    type Requests = HashMap<String, Vec<(&'static str, u16, Counter)>>;
-    type Tokens = HashMap<String, HashMap<String, Vec<(&'static str, Counter)>>>;
+    type Requests = FastMap<String, Vec<(&'static str, u16, Counter)>>;
+    type Tokens = FastMap<String, FastMap<String, Vec<(&'static str, Counter)>>>;
 
     thread_local! {
-        static REQUESTS: RefCell<Requests> = RefCell::new(HashMap::new());
-        static TOKENS: RefCell<Tokens> = RefCell::new(HashMap::new());
+        static REQUESTS: RefCell<Requests> = RefCell::new(FastMap::default());
+        static TOKENS: RefCell<Tokens> = RefCell::new(FastMap::default());
     }
 
     pub fn request(endpoint: &'static str, model: &str, status: u16) -> Counter {
@@ -391,6 +450,74 @@ mod tests {
         );
         assert_eq!(usage(r#"{"usage":null}"#), (None, None));
         assert_eq!(usage("not json"), (None, None));
+    }
+
+    #[test]
+    fn usage_is_read_from_the_tail_only_when_it_is_the_roots() {
+        let tail = |body: &str| {
+            usage_from_tail(body.as_bytes()).map(|u| {
+                (
+                    u.prompt_tokens.or(u.input_tokens),
+                    u.completion_tokens.or(u.output_tokens),
+                )
+            })
+        };
+        // The common shapes are answered from the tail.
+        assert_eq!(
+            tail(r#"{"id":"x","choices":[],"usage":{"prompt_tokens":13,"completion_tokens":7}}"#),
+            Some((Some(13), Some(7)))
+        );
+        assert_eq!(
+            tail(
+                "{\"usage\" : {\"prompt_tokens\":1,\"completion_tokens\":2} ,\n \"system_fingerprint\":\"fp\", \"x\":[1,{\"a\":null}] }\n"
+            ),
+            Some((Some(1), Some(2)))
+        );
+        assert_eq!(
+            tail(
+                r#"{"content":[{"type":"tool_use","input":{"usage":{"input_tokens":99}}}],"usage":{"input_tokens":5,"output_tokens":9}}"#
+            ),
+            Some((Some(5), Some(9)))
+        );
+        // Not provably the root's: the whole body is parsed instead.
+        for body in [
+            // a nested `usage` after the root's
+            r#"{"usage":{"prompt_tokens":1},"choices":[{"usage":{"prompt_tokens":2}}]}"#,
+            r#"{"a":{"usage":{"prompt_tokens":2}}}"#,
+            r#"[{"usage":{"prompt_tokens":2}}]"#,
+            // an escaped quote: a key whose text ends in `"usage`
+            r#"{"usage":{"prompt_tokens":1},"say \"usage":{"prompt_tokens":2}}"#,
+            // `usage` as a string value
+            r#"{"usage":{"prompt_tokens":1},"object":"usage"}"#,
+            r#"{"usage":null}"#,
+            r#"{"usage":{"prompt_tokens":13.5}}"#,
+            r#"{"usage":{"prompt_tokens":1}} trailing"#,
+            r#"{"usage":{"prompt_tokens":1},}"#,
+        ] {
+            assert_eq!(tail(body), None, "{body}");
+        }
+    }
+
+    #[test]
+    fn the_tail_and_the_whole_parse_agree() {
+        let usage = |body: &str| {
+            let (mut p, mut c) = (None, None);
+            let mut scan = UsageScan::Json(body.as_bytes().to_vec());
+            take_json_usage(&mut scan, &mut p, &mut c);
+            (p, c)
+        };
+        assert_eq!(
+            usage(r#"{"usage":{"prompt_tokens":1},"choices":[{"usage":{"prompt_tokens":2}}]}"#),
+            (Some(1), None)
+        );
+        assert_eq!(
+            usage(r#"{"usage":{"prompt_tokens":1},"say \"usage":{"prompt_tokens":2}}"#),
+            (Some(1), None)
+        );
+        assert_eq!(
+            usage(r#"{"a":{"usage":{"prompt_tokens":2}}}"#),
+            (None, None)
+        );
     }
 
     #[test]

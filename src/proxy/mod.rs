@@ -12,7 +12,6 @@ mod models;
 pub mod request;
 pub mod stored;
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,10 +30,12 @@ use body::ProxyBody;
 use error::ProxyError;
 use request::{Endpoint, ParsedBody};
 
-/// Header carrying the request's id on every response.
-pub const REQUEST_ID_HEADER: &str = "x-keyway-request-id";
+/// Header carrying the request's id on every response. (Statics: inserting by `&str` would
+/// parse the name and allocate it on every response.)
+pub static REQUEST_ID_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-keyway-request-id");
 /// Header carrying the compact trace of upstream attempts.
-pub const ATTEMPTS_HEADER: &str = "x-keyway-attempts";
+pub static ATTEMPTS_HEADER: http::HeaderName = http::HeaderName::from_static("x-keyway-attempts");
 
 /// The proxy's request handler.
 pub struct Proxy {
@@ -165,11 +166,11 @@ impl Proxy {
         let headers = resp.headers_mut();
         headers.reserve(2); // the two below, in one growth
         if let Ok(v) = HeaderValue::try_from(log.id.as_str()) {
-            headers.insert(REQUEST_ID_HEADER, v);
+            headers.insert(&REQUEST_ID_HEADER, v);
         }
         if !log.attempts.is_empty() {
             if let Ok(v) = HeaderValue::try_from(trace_header(&log.attempts)) {
-                headers.insert(ATTEMPTS_HEADER, v);
+                headers.insert(&ATTEMPTS_HEADER, v);
             }
         }
         let headers_after = started.elapsed();
@@ -382,33 +383,91 @@ fn max_wait_secs(snap: &Snapshot) -> u64 {
 /// `via from-to-to` when translated; comma-separated. Key ids are config names, not secrets.
 fn trace_header(attempts: &[AttemptRecord]) -> String {
     // One attempt reads like `openai/gpt-4o main/k0 200 12ms`: sized for that, no regrowth.
+    // Built with `push_str` and `itoa`: this runs on every response, and the formatting
+    // machinery cost several times the copying.
     let mut out = String::with_capacity(64 * attempts.len());
+    let (mut num, mut status_num) = (itoa::Buffer::new(), itoa::Buffer::new());
     for (i, a) in attempts.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        match (&a.key_id, a.status, a.class) {
-            (Some(key), Some(status), _) => {
-                let _ = write!(
-                    out,
-                    "{} {}/{} {} {}ms",
-                    a.target, a.connection, key, status, a.millis
-                );
+        out.push_str(&a.target);
+        out.push(' ');
+        out.push_str(&a.connection);
+        let outcome = match (&a.key_id, a.status, a.class) {
+            (Some(key), Some(status), _) => Some((key, status_num.format(status))),
+            (Some(key), None, Some(class)) => Some((key, class.as_str())),
+            _ => None,
+        };
+        match outcome {
+            Some((key, what)) => {
+                out.push('/');
+                out.push_str(key);
+                out.push(' ');
+                out.push_str(what);
+                out.push(' ');
+                out.push_str(num.format(a.millis));
+                out.push_str("ms");
             }
-            (Some(key), None, Some(class)) => {
-                let _ = write!(
-                    out,
-                    "{} {}/{} {} {}ms",
-                    a.target, a.connection, key, class, a.millis
-                );
-            }
-            _ => {
-                let _ = write!(out, "{} {} skipped", a.target, a.connection);
-            }
+            None => out.push_str(" skipped"),
         }
         if let Some(t) = a.translation {
-            let _ = write!(out, " via {t}");
+            out.push_str(" via ");
+            out.push_str(t);
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::OutcomeClass;
+
+    fn record(target: &str, conn: &str) -> AttemptRecord {
+        AttemptRecord {
+            target: target.into(),
+            provider: "p".into(),
+            model: "m".into(),
+            upstream: std::time::Duration::ZERO,
+            connection: conn.into(),
+            key_id: None,
+            fingerprint: None,
+            status: None,
+            class: None,
+            skipped: None,
+            skipped_for_limit: false,
+            decision: None,
+            message: String::new(),
+            retry_after_ms: None,
+            millis: 0,
+            translation: None,
+        }
+    }
+
+    #[test]
+    fn trace_header_lists_attempts_skips_and_translations() {
+        let skipped = record("openai/gpt-4o", "main");
+        let mut limited = record("openai/gpt-4o", "backup");
+        limited.key_id = Some("k1".into());
+        limited.status = Some(429);
+        limited.class = Some(OutcomeClass::RateLimited);
+        limited.millis = 7;
+        let mut timed_out = record("groq/llama", "main");
+        timed_out.key_id = Some("k0".into());
+        timed_out.class = Some(OutcomeClass::Timeout);
+        timed_out.millis = 30000;
+        let mut served = record("anthropic/claude", "main");
+        served.key_id = Some("k2".into());
+        served.status = Some(200);
+        served.class = Some(OutcomeClass::Ok);
+        served.millis = 12;
+        served.translation = Some("chat-to-messages");
+        assert_eq!(
+            trace_header(&[skipped, limited, timed_out, served]),
+            "openai/gpt-4o main skipped, openai/gpt-4o backup/k1 429 7ms, \
+             groq/llama main/k0 timeout 30000ms, \
+             anthropic/claude main/k2 200 12ms via chat-to-messages"
+        );
+    }
 }

@@ -245,6 +245,11 @@ impl QuotaState {
     }
 
     /// Ends a failure streak (fleet-wide when shared; nothing is sent when there is none).
+    /// Whether any failure streak may exist (false until the first failure is counted).
+    pub fn any_streak(&self) -> bool {
+        self.any_streak.load(Ordering::Relaxed)
+    }
+
     pub fn clear_streak(&self, scope: &str) {
         if self.any_streak.load(Ordering::Relaxed) && self.streaks.remove(scope).is_some() {
             if let Some(shared) = self.share(scope) {

@@ -30,7 +30,12 @@ pub struct Target {
 impl Target {
     /// `provider/model`, as shown in traces and error bodies.
     pub fn label(&self) -> String {
-        format!("{}/{}", self.provider.id, self.model)
+        // Not `format!`: this runs per attempt, and the formatter costs more than the copy.
+        let mut s = String::with_capacity(self.provider.id.len() + 1 + self.model.len());
+        s.push_str(&self.provider.id);
+        s.push('/');
+        s.push_str(&self.model);
+        s
     }
 }
 
@@ -62,13 +67,12 @@ pub struct Router {
     table: RouteTable,
     providers: Vec<Arc<Provider>>,
     /// Model names the config or route table name: the only ones used as metric labels.
-    known: std::collections::HashSet<String>,
+    known: crate::FastSet<String>,
 }
 
 impl Router {
     pub fn new(table: RouteTable, providers: Vec<Arc<Provider>>) -> Self {
-        let mut known: std::collections::HashSet<String> =
-            table.names().map(str::to_string).collect();
+        let mut known: crate::FastSet<String> = table.names().map(str::to_string).collect();
         known.extend(providers.iter().flat_map(|p| p.models.iter().cloned()));
         Self {
             table,

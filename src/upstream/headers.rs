@@ -1,6 +1,7 @@
 //! Header filtering in both directions.
 
-use http::{header, HeaderMap, HeaderName};
+use http::header::GetAll;
+use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 /// RFC 9110 §7.6.1 connection-specific headers, never forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -41,23 +42,42 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
 
-/// Names listed in the `Connection` header are hop-by-hop too.
-fn connection_listed(headers: &HeaderMap, name: &HeaderName) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+/// The names a message's `Connection` header lists, which are hop-by-hop too. Looked up
+/// once per message; most messages list nothing or only names that are hop-by-hop anyway
+/// (`keep-alive`), and then no header needs checking against the list.
+struct Listed<'a>(Option<GetAll<'a, HeaderValue>>);
+
+impl<'a> Listed<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let all = headers.get_all(header::CONNECTION);
+        let tokens = || {
+            all.iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+        };
+        let extra = tokens().any(|t| !HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(t)));
+        Self(extra.then_some(all))
+    }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.0.as_ref().is_some_and(|all| {
+            all.iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+        })
+    }
 }
 
 pub(super) fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    let listed = Listed::of(from);
     for (name, value) in from {
         let n = name.as_str();
         if is_hop_by_hop(name)
             || CLIENT_ONLY.contains(&n)
             || n.starts_with("x-keyway-")
-            || connection_listed(from, name)
+            || listed.contains(name)
         {
             continue;
         }
@@ -70,26 +90,23 @@ pub(super) fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
 /// Keyway actually sends (an upstream that sent both `Content-Length` and chunked framing
 /// must not truncate the client's copy; RFC 9112 §6.3).
 pub fn filter_response_headers(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+    headers.remove(header::CONTENT_LENGTH);
+    // One pass over the names present (a handful) rather than a lookup per name that might
+    // be; nothing is allocated when nothing is to go.
+    let listed = Listed::of(headers);
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n) || *n == header::SET_COOKIE || listed.contains(n))
+        .cloned()
         .collect();
-    for name in HOP_BY_HOP.iter().chain(["set-cookie"].iter()) {
-        headers.remove(*name);
-    }
-    for name in listed {
+    for name in doomed {
         headers.remove(name);
     }
-    headers.remove(header::CONTENT_LENGTH);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn request_filter_drops_credentials_and_hop_by_hop() {
@@ -110,5 +127,27 @@ mod tests {
         copy_request_headers(&from, &mut to);
         let names: Vec<_> = to.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["user-agent", "anthropic-beta"]);
+    }
+
+    #[test]
+    fn response_filter_drops_hop_by_hop_listed_cookies_and_length() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("content-type", "application/json"),
+            ("connection", "keep-alive, X-Trace"),
+            ("keep-alive", "timeout=5"),
+            ("x-trace", "1"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("content-length", "12"),
+            ("transfer-encoding", "chunked"),
+            ("x-request-id", "req_1"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        filter_response_headers(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["content-type", "x-request-id"]);
+        assert_eq!(h.len(), 2);
     }
 }

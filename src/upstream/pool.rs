@@ -14,7 +14,6 @@
 //! dead before the request was written.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -58,7 +57,10 @@ struct Idle {
     since: Instant,
 }
 
-type Shard = Mutex<HashMap<Origin, Vec<Idle>>>;
+/// A thread's idle connections by origin. A shard holds the origins its thread talks to,
+/// which are the config's providers (a handful, a few dozen at most), so a scan comparing
+/// origins beats a hash map: `Authority` hashes byte by byte, lowercasing each.
+type Shard = Mutex<Vec<(Origin, Vec<Idle>)>>;
 
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
@@ -81,7 +83,7 @@ impl Pool {
             * 2;
         Arc::new(Self {
             connector,
-            shards: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
             sweeper: OnceLock::new(),
         })
     }
@@ -152,7 +154,7 @@ impl Pool {
     /// Closed ones are dropped; ones still finishing their last response stay.
     fn checkout(&self, origin: &Origin) -> Option<Sender> {
         let mut shard = self.shard().lock().unwrap_or_else(|p| p.into_inner());
-        let idle = shard.get_mut(origin)?;
+        let idle = &mut shard.iter_mut().find(|(o, _)| o == origin)?.1;
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
@@ -170,7 +172,14 @@ impl Pool {
             return;
         }
         let mut shard = self.shard().lock().unwrap_or_else(|p| p.into_inner());
-        let idle = shard.entry(origin).or_default();
+        let at = match shard.iter().position(|(o, _)| *o == origin) {
+            Some(at) => at,
+            None => {
+                shard.push((origin, Vec::new()));
+                shard.len() - 1
+            }
+        };
+        let idle = &mut shard[at].1;
         if idle.len() < MAX_IDLE_PER_ORIGIN {
             idle.push(Idle {
                 sender,
@@ -224,7 +233,7 @@ impl Pool {
     fn sweep(&self, now: Instant) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            shard.retain(|_, idle| {
+            shard.retain_mut(|(_, idle)| {
                 idle.retain(|c| !c.sender.is_closed() && now - c.since < IDLE_TIMEOUT);
                 !idle.is_empty()
             });
@@ -237,7 +246,7 @@ impl Pool {
             .iter()
             .map(|s| {
                 let s = s.lock().unwrap_or_else(|p| p.into_inner());
-                s.values().map(Vec::len).sum::<usize>()
+                s.iter().map(|(_, idle)| idle.len()).sum::<usize>()
             })
             .sum()
     }

@@ -14,6 +14,9 @@ use crate::config::Config;
 pub struct Redactor {
     /// `None` when the config has no keys.
     finder: Option<AhoCorasick>,
+    /// The shortest secret's length: a shorter text cannot hold one, and most response
+    /// header values are shorter than any API key.
+    shortest: usize,
     fingerprints: Vec<String>,
     /// The same in visible ASCII (`sk-...3fa9c2d1`), as header values should be.
     header_fingerprints: Vec<String>,
@@ -40,6 +43,7 @@ impl Redactor {
             .filter(|_| !secrets.is_empty());
         Self {
             finder,
+            shortest: secrets.iter().map(String::len).min().unwrap_or(0),
             header_fingerprints: fingerprints.iter().map(|f| f.replace('…', "...")).collect(),
             fingerprints,
         }
@@ -48,6 +52,9 @@ impl Redactor {
     /// `text` with every configured secret replaced by its fingerprint; `None` if it has none.
     pub fn redact(&self, text: &[u8]) -> Option<Vec<u8>> {
         let finder = self.finder.as_ref()?;
+        if text.len() < self.shortest {
+            return None;
+        }
         finder.find(text)?;
         Some(finder.replace_all_bytes(text, &self.fingerprints))
     }
@@ -66,7 +73,7 @@ impl Redactor {
             return;
         };
         for value in headers.values_mut() {
-            if finder.find(value.as_bytes()).is_some() {
+            if value.len() >= self.shortest && finder.find(value.as_bytes()).is_some() {
                 let clean = finder.replace_all_bytes(value.as_bytes(), &self.header_fingerprints);
                 *value = HeaderValue::from_bytes(&clean)
                     .unwrap_or_else(|_| HeaderValue::from_static("[redacted]"));
