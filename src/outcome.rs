@@ -3,20 +3,32 @@
 
 use std::fmt;
 
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::{HeaderMap, StatusCode};
 
 use crate::quota::retry_after;
 
-/// The remaining-quota headers, OpenAI's then Anthropic's, as statics: a lookup by `&str`
-/// would parse and hash the name on every response.
-static REMAINING_REQUESTS: [HeaderName; 2] = [
-    HeaderName::from_static("x-ratelimit-remaining-requests"),
-    HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
+/// The remaining-quota headers: requests (OpenAI's, then Anthropic's), then tokens.
+const REMAINING: [&str; 4] = [
+    "x-ratelimit-remaining-requests",
+    "anthropic-ratelimit-requests-remaining",
+    "x-ratelimit-remaining-tokens",
+    "anthropic-ratelimit-tokens-remaining",
 ];
-static REMAINING_TOKENS: [HeaderName; 2] = [
-    HeaderName::from_static("x-ratelimit-remaining-tokens"),
-    HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
-];
+
+/// The remaining requests and tokens an upstream reported, OpenAI's header first, then
+/// Anthropic's; a value that is not an integer counts as absent. One pass over the names
+/// present (a handful) instead of four hashed lookups of names mostly absent.
+fn remaining(headers: &HeaderMap) -> (Option<u64>, Option<u64>) {
+    // The first value of each name, parsed.
+    let mut first: [Option<Option<u64>>; 4] = [None; 4];
+    for (name, value) in headers {
+        if let Some(i) = REMAINING.iter().position(|n| *n == name.as_str()) {
+            first[i].get_or_insert_with(|| value.to_str().ok()?.trim().parse::<u64>().ok());
+        }
+    }
+    let [req_openai, req_anthropic, tok_openai, tok_anthropic] = first.map(Option::flatten);
+    (req_openai.or(req_anthropic), tok_openai.or(tok_anthropic))
+}
 
 /// The outcome classes policies switch on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,13 +124,7 @@ impl Outcome {
         keep_headers: bool,
     ) -> Self {
         let class = classify(status, body);
-        let remaining = |names: &[HeaderName; 2]| {
-            names
-                .iter()
-                .filter_map(|n| headers.get(n))
-                .filter_map(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-                .next()
-        };
+        let (remaining_requests, remaining_tokens) = remaining(headers);
         let daily = !body.is_empty() && {
             let lower = body.to_ascii_lowercase();
             ["daily", "per day", "requests per day", "rpd"]
@@ -134,8 +140,8 @@ impl Outcome {
                 retry_after::retry_after_ms(headers, body, now_ms)
             },
             daily,
-            remaining_requests: remaining(&REMAINING_REQUESTS),
-            remaining_tokens: remaining(&REMAINING_TOKENS),
+            remaining_requests,
+            remaining_tokens,
             message: if body.is_empty() {
                 String::new()
             } else {
@@ -309,5 +315,21 @@ mod tests {
         assert!(o.daily);
         assert_eq!(o.remaining_tokens, Some(0));
         assert_eq!(o.message, "Rate limit reached for requests per day (RPD)");
+    }
+
+    #[test]
+    fn remaining_prefers_openai_then_anthropic_and_skips_non_integers() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("anthropic-ratelimit-requests-remaining", "40"),
+            ("x-ratelimit-remaining-requests", " 7 "),
+            ("x-ratelimit-remaining-requests", "8"),
+            ("x-ratelimit-remaining-tokens", "lots"),
+            ("anthropic-ratelimit-tokens-remaining", "900"),
+        ] {
+            h.append(k, v.parse().unwrap());
+        }
+        assert_eq!(remaining(&h), (Some(7), Some(900)));
+        assert_eq!(remaining(&HeaderMap::new()), (None, None));
     }
 }

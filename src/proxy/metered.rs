@@ -202,7 +202,9 @@ fn take_json_usage(scan: &mut UsageScan, prompt: &mut Option<u64>, completion: &
 /// an integer) returns `None`, and the caller parses the whole body.
 fn usage_from_tail(buf: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
-    let at = memmem::rfind(buf, KEY)?;
+    static FINDER: std::sync::LazyLock<memmem::FinderRev<'static>> =
+        std::sync::LazyLock::new(|| memmem::FinderRev::new(KEY));
+    let at = FINDER.rfind(buf)?;
     // An odd run of backslashes before the quote escapes it: that is string content.
     let backslashes = buf[..at].iter().rev().take_while(|&&b| b == b'\\').count();
     if backslashes % 2 == 1 {
