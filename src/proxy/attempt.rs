@@ -224,6 +224,11 @@ impl AttemptContext<'_> {
                     if decision != Decision::Return {
                         pool.metrics.fallbacks[o.class.index()].increment(1);
                     }
+                    // Most requests make one attempt, and the records live as long as the
+                    // response (a stream's whole life): room for one, not the default four.
+                    if records.capacity() == 0 {
+                        records.reserve_exact(1);
+                    }
                     records.push(AttemptRecord {
                         target: target.label(),
                         provider: provider.id.clone(),

@@ -436,11 +436,18 @@ impl Connections {
         let result = match tls {
             None => {
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
                 self.drive(conn, &state, &shutdown).await
             }
+            // TLS state is boxed: inline, every connection task (plain ones too) would be
+            // sized for the handshake and the TLS stream.
             Some(acceptor) => {
+                let mut accepting = Box::pin(tokio::time::timeout(
+                    s.tls_handshake,
+                    acceptor.accept(stream),
+                ));
                 let handshake = tokio::select! {
-                    r = tokio::time::timeout(s.tls_handshake, acceptor.accept(stream)) => r,
+                    r = &mut accepting => r,
                     () = state.evict.notified() => {
                         self.closed(CloseReason::Evicted);
                         return;
@@ -458,8 +465,9 @@ impl Connections {
                         return;
                     }
                 };
-                let conn = builder.serve_connection(TokioIo::new(tls), svc);
-                self.drive(conn, &state, &shutdown).await
+                drop(accepting);
+                let mut conn = Box::pin(builder.serve_connection(TokioIo::new(tls), svc));
+                self.drive(conn.as_mut(), &state, &shutdown).await
             }
         };
         if let Err(e) = result {
@@ -469,17 +477,18 @@ impl Connections {
     }
 
     /// Runs a connection until it ends, closing it gracefully when a deadline passes, it is
-    /// evicted, or the server shuts down.
+    /// evicted, or the server shuts down. Takes the connection pinned by the caller: an
+    /// `async fn` keeps its parameters for its whole life, so pinning a by-value parameter
+    /// here would store the connection twice in every connection task.
     async fn drive<C>(
         &self,
-        conn: C,
+        mut conn: Pin<&mut C>,
         state: &ConnState,
         shutdown: &CancellationToken,
     ) -> Result<(), C::Error>
     where
         C: GracefulConnection,
     {
-        tokio::pin!(conn);
         let s = &self.settings;
         let shutting_down = shutdown.cancelled();
         let evicted = state.evict.notified();

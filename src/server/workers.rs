@@ -110,10 +110,9 @@ impl Workers {
             .map(|k| &self.workers[(first + k) % n])
             .min_by_key(|w| w.open.load(Ordering::Relaxed))
             .expect("at least one worker");
-        let open = OpenGuard::new(worker.open.clone());
-        worker.handle.spawn(async move {
-            let _open = open;
-            conn.await;
+        worker.handle.spawn(Counted {
+            conn,
+            _open: OpenGuard::new(worker.open.clone()),
         });
     }
 
@@ -129,6 +128,28 @@ impl Workers {
 impl Drop for Workers {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's future with its count in its thread's open connections. A struct,
+    /// not an `async` block: a block that awaits a captured future stores it twice (the
+    /// capture and the awaited copy), which doubled every connection task's size.
+    struct Counted<F> {
+        #[pin]
+        conn: F,
+        _open: OpenGuard,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Counted<F> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.project().conn.poll(cx)
     }
 }
 
