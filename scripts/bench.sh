@@ -5,11 +5,15 @@
 # measures fixed-rate latency with coordinated-omission correction; smoke runs use hey).
 #   scripts/bench.sh           full run (about 10 minutes); updates BENCHMARKS.md
 #   scripts/bench.sh --smoke   a few seconds per case, to keep the harness working (CI)
+#   scripts/bench.sh --streams [N]   N concurrent SSE streams through Keyway, once: lost
+#                              chunks, peak RSS per stream, CPU per stream (default 10,000
+#                              or as many as the descriptor limit allows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=full
 [[ "${1:-}" == "--smoke" ]] && mode=smoke
+[[ "${1:-}" == "--streams" ]] && mode=streams
 
 need() { command -v "$1" >/dev/null 2>&1; }
 missing=()
@@ -34,6 +38,10 @@ cargo build --release --quiet --bin keyway --example mock_upstream --example sse
 # 1,000 streams need ~4,000 sockets across the processes.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
+if [[ "$mode" == streams ]]; then
+  python3 scripts/bench/many_streams.py --streams "${2:-0}"
+  exit
+fi
 python3 scripts/bench/run.py --mode "$mode"
 if [[ "$mode" == full ]]; then
   python3 scripts/bench/report.py target/bench/results.json BENCHMARKS.md --keep-previous
