@@ -81,13 +81,7 @@ def main():
         time.sleep(3)
         after = run.proc_status(kw, "VmRSS")
     finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        run.stop(procs)
     out = {
         "streams": args.streams, "chunks": args.chunks, "pacing_ms": args.pacing_ms,
         "ok": res["ok"], "lost_chunks": res["lost_chunks"], "reordered_chunks": res["reordered_chunks"],

@@ -50,6 +50,17 @@ def wait_port(port, proc, name, tls=False):
     sys.exit(f"{name} did not open port {port}")
 
 
+def stop(procs):
+    """Terminates every process in `procs` (a dict), killing those that do not go in 10 s."""
+    for p in procs.values():
+        p.terminate()
+    for p in procs.values():
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def sh(cmd, **kw):
     return subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True, **kw)
 
@@ -414,13 +425,7 @@ def main():
                 print(f"  w3 {name}: {res['ok']}/{res['streams']} ok, lost {res['lost_chunks']}, "
                       f"ttfb p50 {res['ttfb_p50_ms']:.2f} ms", flush=True)
     finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
     reload = sh([sys.executable, os.path.join(ROOT, "scripts", "bench", "reload_latency.py"), os.path.join(REL, "keyway"),
                  os.path.join(REL, "examples", "mock_upstream"), str(P["reload_trials"])])
     m = re.search(r"median: ([\d.]+) ms", reload.stdout)

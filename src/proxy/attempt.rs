@@ -55,6 +55,30 @@ pub struct AttemptRecord {
     pub translation: Option<&'static str>,
 }
 
+impl AttemptRecord {
+    /// A record of `target` on `connection` with nothing yet known about the attempt.
+    pub fn new(target: String, provider: String, model: String, connection: String) -> Self {
+        Self {
+            target,
+            provider,
+            model,
+            upstream: Duration::ZERO,
+            connection,
+            key_id: None,
+            fingerprint: None,
+            status: None,
+            class: None,
+            skipped: None,
+            skipped_for_limit: false,
+            decision: None,
+            message: String::new(),
+            retry_after_ms: None,
+            millis: 0,
+            translation: None,
+        }
+    }
+}
+
 /// What the loop needs from the request.
 pub struct AttemptContext<'a> {
     pub snap: &'a Snapshot,
@@ -534,22 +558,15 @@ fn with_dropped(mut resp: Response<ProxyBody>, req: &TranslatedRequest) -> Respo
 
 fn skip(target: &Target, connection: &str, lock: &Lock, why: &str) -> AttemptRecord {
     AttemptRecord {
-        target: target.label(),
-        provider: target.provider.id.clone(),
-        model: target.model.clone(),
-        upstream: Duration::ZERO,
-        connection: connection.to_string(),
-        key_id: None,
-        fingerprint: None,
-        status: None,
-        class: None,
         skipped: Some(format!("{why} ({})", lock.reason)),
         skipped_for_limit: matches!(lock.reason.as_str(), "rate_limited" | "quota_exhausted"),
-        decision: None,
-        message: String::new(),
-        retry_after_ms: None,
-        millis: 0,
         translation: target.translation.map(Translation::label),
+        ..AttemptRecord::new(
+            target.label(),
+            target.provider.id.clone(),
+            target.model.clone(),
+            connection.to_string(),
+        )
     }
 }
 

@@ -425,14 +425,16 @@ pub fn record(c: Completion, complete: bool, prompt: Option<u64>, completion: Op
 mod tests {
     use super::*;
 
+    /// The counts `take_json_usage` reads from a whole JSON body.
+    fn usage(body: &str) -> (Option<u64>, Option<u64>) {
+        let (mut p, mut c) = (None, None);
+        let mut scan = UsageScan::Json(body.as_bytes().to_vec());
+        take_json_usage(&mut scan, &mut p, &mut c);
+        (p, c)
+    }
+
     #[test]
     fn usage_from_json_bodies_in_either_dialect_and_odd_shapes() {
-        let usage = |body: &str| {
-            let (mut p, mut c) = (None, None);
-            let mut scan = UsageScan::Json(body.as_bytes().to_vec());
-            take_json_usage(&mut scan, &mut p, &mut c);
-            (p, c)
-        };
         assert_eq!(
             usage(
                 r#"{"id":"x","usage":{"prompt_tokens":13,"completion_tokens":7,"total_tokens":20,"prompt_tokens_details":{"cached_tokens":0}}}"#
@@ -502,12 +504,6 @@ mod tests {
 
     #[test]
     fn the_tail_and_the_whole_parse_agree() {
-        let usage = |body: &str| {
-            let (mut p, mut c) = (None, None);
-            let mut scan = UsageScan::Json(body.as_bytes().to_vec());
-            take_json_usage(&mut scan, &mut p, &mut c);
-            (p, c)
-        };
         assert_eq!(
             usage(r#"{"usage":{"prompt_tokens":1},"choices":[{"usage":{"prompt_tokens":2}}]}"#),
             (Some(1), None)

@@ -425,24 +425,7 @@ mod tests {
     use crate::outcome::OutcomeClass;
 
     fn record(target: &str, conn: &str) -> AttemptRecord {
-        AttemptRecord {
-            target: target.into(),
-            provider: "p".into(),
-            model: "m".into(),
-            upstream: std::time::Duration::ZERO,
-            connection: conn.into(),
-            key_id: None,
-            fingerprint: None,
-            status: None,
-            class: None,
-            skipped: None,
-            skipped_for_limit: false,
-            decision: None,
-            message: String::new(),
-            retry_after_ms: None,
-            millis: 0,
-            translation: None,
-        }
+        AttemptRecord::new(target.into(), "p".into(), "m".into(), conn.into())
     }
 
     #[test]

@@ -189,24 +189,12 @@ pub(super) async fn forward(
         tried: Arc::from(Vec::new()),
     };
     let target = format!("{}/responses", provider.id);
-    let mut record = super::AttemptRecord {
-        target: target.clone(),
-        provider: provider.id.clone(),
-        model: "-".into(),
-        upstream: std::time::Duration::ZERO,
-        connection: conn.id.clone(),
-        key_id: None,
-        fingerprint: None,
-        status: None,
-        class: None,
-        skipped: None,
-        skipped_for_limit: false,
-        decision: None,
-        message: String::new(),
-        retry_after_ms: None,
-        millis: 0,
-        translation: None,
-    };
+    let mut record = super::AttemptRecord::new(
+        target.clone(),
+        provider.id.clone(),
+        "-".into(),
+        conn.id.clone(),
+    );
     let Some(index) = crate::policy::defaults::select_key(&runtime.quota, &view) else {
         record.skipped = Some("every key locked".into());
         attempts.push(record);
