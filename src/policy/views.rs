@@ -63,10 +63,6 @@ impl AttemptInfo {
         }
     }
 
-    pub fn provider(&self) -> &str {
-        &self.conn.provider
-    }
-
     pub fn key(&self) -> &ApiKey {
         &self.conn.keys[self.key]
     }
