@@ -33,7 +33,7 @@ fi
 export PATH="$HOME/.cargo/bin:$PATH"
 
 echo "building release binaries..." >&2
-cargo build --release --quiet --bin keyway --example mock_upstream --example sse_load
+cargo build --release --quiet --bin keyway --example mock_upstream --example sse_load --example hyper_floor
 
 # 1,000 streams need ~4,000 sockets across the processes.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"

@@ -42,7 +42,8 @@ def render(r):
         return (med([x["cpu_user_us"] for x in runs]), med([x["cpu_sys_us"] for x in runs]))
 
     nginx_cpu = cpu(w1.get("nginx", []))
-    for name, label in [("direct", "direct to upstream"), ("nginx", "nginx proxy"), ("keyway", "Keyway (HTTP)"),
+    for name, label in [("direct", "direct to upstream"), ("nginx", "nginx proxy"),
+                        ("floor", "hyper floor (same stack, no Keyway logic)"), ("keyway", "Keyway (HTTP)"),
                         ("keyway_tls", "Keyway (TLS)"), ("keyway_heavy", "Keyway, 30 routes × 10 keys"),
                         ("keyway_custom", "Keyway, custom policy (every hook scripted)"),
                         ("keyway_redis", "Keyway, custom policy, state shared on Redis")]:
@@ -69,7 +70,10 @@ def render(r):
         out.append("")
     out.append("CPU/req is the proxy process's CPU time (all its threads; nginx: its workers) over the "
                "requests served in the round. On this 2-core box throughput is CPU-bound, so "
-               "**CPU × nginx** is the headline efficiency figure.")
+               "**CPU × nginx** is the headline efficiency figure. The *hyper floor* "
+               "(`examples/hyper_floor.rs`) is a bare proxy on Keyway's own stack (tokio, hyper, a "
+               "per-thread keep-alive pool, one runtime per CPU) with no routing, auth, policy, "
+               "metrics or timeouts: what Keyway costs above it is Keyway's own work.")
     out.append("")
     w2 = r["w2"]
     out.append(f"### 2. Fixed rate {r['w2_rate']} req/s (oha, {r['w2_secs']} s per round, latency corrected)")
@@ -78,8 +82,8 @@ def render(r):
     out.append("|---|---|---|---|---|---|---|---|")
     d50 = med([x["p50_us"] for x in w2["direct"]])
     d99 = med([x["p99_us"] for x in w2["direct"]])
-    for name, label in [("direct", "direct to upstream"), ("nginx", "nginx proxy"), ("keyway", "Keyway (HTTP)"),
-                        ("keyway_tls", "Keyway (TLS)"), ("keyway_custom", "Keyway, custom policy"),
+    for name, label in [("direct", "direct to upstream"), ("nginx", "nginx proxy"), ("floor", "hyper floor"),
+                        ("keyway", "Keyway (HTTP)"), ("keyway_tls", "Keyway (TLS)"), ("keyway_custom", "Keyway, custom policy"),
                         ("keyway_redis", "Keyway, custom policy, state on Redis")]:
         runs = w2.get(name, [])
         if not runs:
@@ -128,8 +132,9 @@ HEADER = """# Benchmarks
 Produced by `scripts/bench.sh` (`--smoke` for a quick check). Everything runs on one
 machine over 127.0.0.1: the load generator, the proxy under test and the upstream share the
 same cores, so absolute numbers are low and noisy; read the **ratios to the baselines of the
-same run**: *direct* (load generator straight to the upstream) and *nginx* (a plain
-keep-alive reverse proxy, the cost of one proxy hop). Each case runs several rounds,
+same run**: *direct* (load generator straight to the upstream), *nginx* (a plain
+keep-alive reverse proxy, the cost of one proxy hop) and the *hyper floor* (a bare proxy on
+Keyway's own stack, `examples/hyper_floor.rs`: the cost of the HTTP engine alone). Each case runs several rounds,
 interleaved, and the median is shown. The instant upstream for workloads 1, 2 and 4 is
 nginx returning a canned chat completion; streams come from Keyway's mock upstream
 (release build). Keyway runs the default policy with client auth on, logs at `warn`, and

@@ -314,7 +314,7 @@ def main():
     P = PROFILES[args.mode]
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
-    ports = {k: free_port() for k in ["up", "ngx", "ngx_s", "mock", "kw", "kws", "kwh", "kwc", "kwr", "redis"]}
+    ports = {k: free_port() for k in ["up", "ngx", "ngx_s", "mock", "floor", "kw", "kws", "kwh", "kwc", "kwr", "redis"]}
     cert, key = os.path.join(WORK, "cert.pem"), os.path.join(WORK, "key.pem")
     sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
         key, "-out", cert, "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
@@ -335,6 +335,9 @@ def main():
                               proxy_buffering off; }} }}"""), ports["ngx"]),
         ("mock", [os.path.join(REL, "examples", "mock_upstream"), "--listen", f"127.0.0.1:{ports['mock']}",
                   "--chunks", str(P["w3_chunks"]), "--pacing-ms", str(P["w3_pacing_ms"])], ports["mock"]),
+        # The same stack (tokio, hyper) doing no more than a proxy must: Keyway's floor.
+        ("hyper-floor", [os.path.join(REL, "examples", "hyper_floor"), "--listen", f"127.0.0.1:{ports['floor']}",
+                         "--upstream", f"127.0.0.1:{ports['up']}"], ports["floor"]),
         ("keyway", [os.path.join(REL, "keyway"), "run", "-c", keyway_conf("keyway", ports["kw"], ports["up"], ports["mock"])],
          ports["kw"]),
         ("keyway-tls", [os.path.join(REL, "keyway"), "run", "-c",
@@ -364,12 +367,13 @@ def main():
         idle_rss = proc_status(kw_pid, "VmRSS")
         path = "/v1/chat/completions"
         w1_targets = {"direct": f"http://127.0.0.1:{ports['up']}{path}", "nginx": f"http://127.0.0.1:{ports['ngx']}{path}",
+                      "floor": f"http://127.0.0.1:{ports['floor']}{path}",
                       "keyway": f"http://127.0.0.1:{ports['kw']}{path}", "keyway_tls": f"https://127.0.0.1:{ports['kws']}{path}",
                       "keyway_heavy": f"http://127.0.0.1:{ports['kwh']}{path}",
                       "keyway_custom": f"http://127.0.0.1:{ports['kwc']}{path}",
                       "keyway_redis": f"http://127.0.0.1:{ports['kwr']}{path}"}
         # The process whose CPU a target's proxying costs (direct: none).
-        w1_procs = {"nginx": procs["nginx-proxy"].pid, "keyway": procs["keyway"].pid,
+        w1_procs = {"nginx": procs["nginx-proxy"].pid, "floor": procs["hyper-floor"].pid, "keyway": procs["keyway"].pid,
                     "keyway_tls": procs["keyway-tls"].pid, "keyway_heavy": procs["keyway-heavy"].pid,
                     "keyway_custom": procs["keyway-custom"].pid, "keyway_redis": procs["keyway-redis"].pid}
         w1 = {k: [] for k in w1_targets}

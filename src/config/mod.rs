@@ -302,12 +302,12 @@ impl Provider {
         Provider {
             id: id.to_string(),
             kind,
-            base_url: BaseUrl {
-                scheme: Scheme::HTTP,
-                authority: Authority::from_static("127.0.0.1:9"),
-                path: String::new(),
-                host: http::HeaderValue::from_static("127.0.0.1:9"),
-            },
+            base_url: BaseUrl::new(
+                Scheme::HTTP,
+                Authority::from_static("127.0.0.1:9"),
+                String::new(),
+                http::HeaderValue::from_static("127.0.0.1:9"),
+            ),
             models: Vec::new(),
             anthropic_version: "2023-06-01".into(),
             forward_query: true,
@@ -327,11 +327,46 @@ pub struct BaseUrl {
     pub path: String,
     /// The `Host` header for this authority, built once.
     pub host: http::HeaderValue,
+    /// Path and query of each API format's endpoint without a query, built once: the
+    /// common request reuses one instead of formatting and parsing it.
+    api_paths: Vec<(&'static str, http::uri::PathAndQuery)>,
 }
 
 impl BaseUrl {
+    pub fn new(
+        scheme: Scheme,
+        authority: Authority,
+        path: String,
+        host: http::HeaderValue,
+    ) -> Self {
+        let api_paths = crate::format::ApiFormat::ALL
+            .iter()
+            .filter_map(|f| {
+                let api_path = f.upstream_path();
+                let pq = http::uri::PathAndQuery::try_from(format!("{path}{api_path}")).ok()?;
+                Some((api_path, pq))
+            })
+            .collect();
+        Self {
+            scheme,
+            authority,
+            path,
+            host,
+            api_paths,
+        }
+    }
+
     /// The full upstream URI for an API path such as `/chat/completions`, with a query.
     pub fn join(&self, api_path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        if query.is_none() {
+            if let Some((_, pq)) = self.api_paths.iter().find(|(p, _)| *p == api_path) {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(self.scheme.clone());
+                parts.authority = Some(self.authority.clone());
+                parts.path_and_query = Some(pq.clone());
+                return Ok(Uri::from_parts(parts)?);
+            }
+        }
         // Sized once: `format!` would guess low and grow.
         let len = self.path.len() + api_path.len() + query.map_or(0, |q| q.len() + 1);
         let mut path_and_query = String::with_capacity(len);
@@ -987,12 +1022,12 @@ impl Validator<'_> {
         let Ok(host) = http::HeaderValue::try_from(authority.as_str()) else {
             return fail("has a host that cannot be a Host header");
         };
-        Ok(BaseUrl {
+        Ok(BaseUrl::new(
             scheme,
             authority,
-            path: uri.path().trim_end_matches('/').to_string(),
+            uri.path().trim_end_matches('/').to_string(),
             host,
-        })
+        ))
     }
 }
 

@@ -307,3 +307,38 @@ fn state_backends_are_validated_without_connecting() {
         "{e}"
     );
 }
+
+#[test]
+fn joined_upstream_uris_are_the_same_with_and_without_the_cached_paths() {
+    for base in [
+        "https://api.openai.com/v1",
+        "http://127.0.0.1:9/",
+        "http://h:1",
+    ] {
+        let uri: Uri = base.parse().unwrap();
+        let path = uri.path().trim_end_matches('/').to_string();
+        let b = BaseUrl::new(
+            uri.scheme().unwrap().clone(),
+            uri.authority().unwrap().clone(),
+            path.clone(),
+            http::HeaderValue::from_str(uri.authority().unwrap().as_str()).unwrap(),
+        );
+        for f in crate::format::ApiFormat::ALL {
+            let p = f.upstream_path();
+            let origin = format!("{}://{}", uri.scheme().unwrap(), uri.authority().unwrap());
+            assert_eq!(
+                b.join(p, None).unwrap().to_string(),
+                format!("{origin}{path}{p}")
+            );
+            assert_eq!(
+                b.join(p, Some("beta=true")).unwrap().to_string(),
+                format!("{origin}{path}{p}?beta=true")
+            );
+        }
+        // A path no format uses is built, not looked up.
+        assert_eq!(
+            b.join("/models", None).unwrap().path(),
+            format!("{path}/models")
+        );
+    }
+}

@@ -497,44 +497,66 @@ impl Connections {
         let timer = tokio::time::sleep_until(Instant::now() + Duration::from_secs(86_400 * 365));
         tokio::pin!(shutting_down, evicted, became_idle, timer);
         let mut armed: Option<Instant> = None;
-        let reason = loop {
-            match state.deadline(s) {
-                Some(d) if armed.is_none_or(|a| d < a) => {
-                    timer.as_mut().reset(d);
-                    armed = Some(d);
-                    state
-                        .armed_ms
-                        .store(state.ms_after_open(d), Ordering::SeqCst);
-                }
-                _ => {}
+        // The connection wakes this task a few times per request; the close signals almost
+        // never do. They are polled with their own waker, and only after it fired, rather
+        // than on every wake (the shutdown token's check takes a lock shared by all
+        // connections).
+        let control = Arc::new(ControlWake::new());
+        let control_waker = std::task::Waker::from(Arc::clone(&control));
+        let reason = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Err(r));
             }
-            tokio::select! {
-                biased;
-                r = conn.as_mut() => return r,
-                () = &mut shutting_down => break CloseReason::Shutdown,
-                () = &mut evicted => break CloseReason::Evicted,
+            control.task.register(cx.waker());
+            if !control.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            let mut ccx = Context::from_waker(&control_waker);
+            loop {
+                match state.deadline(s) {
+                    Some(d) if armed.is_none_or(|a| d < a) => {
+                        timer.as_mut().reset(d);
+                        armed = Some(d);
+                        state
+                            .armed_ms
+                            .store(state.ms_after_open(d), Ordering::SeqCst);
+                    }
+                    _ => {}
+                }
+                if shutting_down.as_mut().poll(&mut ccx).is_ready() {
+                    return Poll::Ready(Ok(CloseReason::Shutdown));
+                }
+                if evicted.as_mut().poll(&mut ccx).is_ready() {
+                    return Poll::Ready(Ok(CloseReason::Evicted));
+                }
                 // The deadline came sooner than the armed one, or there was none armed.
-                () = &mut became_idle => {
+                if became_idle.as_mut().poll(&mut ccx).is_ready() {
                     became_idle.set(state.became_idle.notified());
                     continue;
                 }
-                () = &mut timer, if armed.is_some() => {
+                if armed.is_some() && timer.as_mut().poll(&mut ccx).is_ready() {
                     armed = None;
                     state.armed_ms.store(DISARMED, Ordering::SeqCst);
                     match state.deadline(s) {
                         Some(d) if d <= Instant::now() => {
-                            break if state.served.load(Ordering::Relaxed) {
+                            return Poll::Ready(Ok(if state.served.load(Ordering::Relaxed) {
                                 CloseReason::Idle
                             } else {
                                 CloseReason::FirstRequest
-                            };
+                            }));
                         }
                         // Busy (re-armed when it goes idle) or a later deadline (re-armed
                         // at the top).
                         _ => continue,
                     }
                 }
+                return Poll::Pending;
             }
+        })
+        .await;
+        let reason = match reason {
+            Ok(reason) => reason,
+            Err(r) => return r,
         };
         self.closed(reason);
         conn.as_mut().graceful_shutdown();
@@ -554,6 +576,34 @@ impl Connections {
                 }
             }
         }
+    }
+}
+
+/// The waker a connection's close signals (shutdown, eviction, idleness, its deadline) are
+/// polled with: it notes that one of them may be ready and wakes the connection's task.
+struct ControlWake {
+    woken: AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl ControlWake {
+    fn new() -> Self {
+        // Woken from the start, so the first poll arms the signals.
+        Self {
+            woken: AtomicBool::new(true),
+            task: futures_util::task::AtomicWaker::new(),
+        }
+    }
+}
+
+impl std::task::Wake for ControlWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 

@@ -141,6 +141,8 @@ pub fn build(
         .body(Full::new(body))
         .map_err(|e| UpstreamError::Build(e.to_string()))?;
     let headers = req.headers_mut();
+    // Room for the client's headers and the few added here: no growth while filling.
+    headers.reserve(client_headers.len() + 4);
     headers::copy_request_headers(client_headers, headers);
     match provider.kind {
         ProviderKind::Anthropic => {

@@ -120,7 +120,9 @@ impl Pool {
         loop {
             let (mut sender, reused) = match self.checkout(&origin) {
                 Some(s) => (s, true),
-                None => (self.connect(&origin).await?, false),
+                // Boxed: connecting is rare, and its state would otherwise size (and be
+                // copied with) every request's future.
+                None => (Box::pin(self.connect(&origin)).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -204,11 +206,10 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(SendError::Request)?;
-        tokio::spawn(async move {
-            // Ends when the connection closes: the upstream hung up, the sender was
-            // dropped (evicted, or its response abandoned), or an I/O error.
-            let _ = conn.await;
-        });
+        // Ends when the connection closes: the upstream hung up, the sender was dropped
+        // (evicted, or its response abandoned), or an I/O error. Spawned as is: an async
+        // block awaiting it would store the connection twice.
+        tokio::spawn(conn);
         metrics::counter!(crate::metrics::UPSTREAM_CONNECTS).increment(1);
         Ok(sender)
     }
