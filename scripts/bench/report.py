@@ -74,6 +74,12 @@ def render(r):
                "(`examples/hyper_floor.rs`) is a bare proxy on Keyway's own stack (tokio, hyper, a "
                "per-thread keep-alive pool, one runtime per CPU) with no routing, auth, policy, "
                "metrics or timeouts: what Keyway costs above it is Keyway's own work.")
+    floor_cpu, kw_cpu = cpu(w1.get("floor", [])), cpu(w1.get("keyway", []))
+    if floor_cpu and kw_cpu:
+        out.append("")
+        out.append(f"Keyway (HTTP) spends {sum(kw_cpu) / sum(floor_cpu):.2f}× the floor's CPU per request "
+                   f"({sum(kw_cpu) - sum(floor_cpu):.1f} µs of its own work); the floor spends "
+                   f"{sum(floor_cpu) / sum(nginx_cpu):.2f}× nginx's.")
     out.append("")
     w2 = r["w2"]
     out.append(f"### 2. Fixed rate {r['w2_rate']} req/s (oha, {r['w2_secs']} s per round, latency corrected)")
