@@ -321,10 +321,11 @@ impl Provider {
 /// An upstream base URL split for cheap request building: `https://api.openai.com/v1`.
 #[derive(Debug, Clone)]
 pub struct BaseUrl {
-    pub scheme: Scheme,
-    pub authority: Authority,
+    // Private: `api_paths` is derived from them.
+    scheme: Scheme,
+    authority: Authority,
     /// Path prefix without a trailing slash (`/v1`), possibly empty.
-    pub path: String,
+    path: String,
     /// The `Host` header for this authority, built once.
     pub host: http::HeaderValue,
     /// Path and query of each API format's endpoint without a query, built once: the
@@ -333,6 +334,8 @@ pub struct BaseUrl {
 }
 
 impl BaseUrl {
+    /// A base URL from its validated parts; each API format's endpoint path is parsed here,
+    /// once (a path that would not parse is left to [`BaseUrl::join`] to build and report).
     pub fn new(
         scheme: Scheme,
         authority: Authority,
@@ -354,6 +357,11 @@ impl BaseUrl {
             host,
             api_paths,
         }
+    }
+
+    /// The path prefix without a trailing slash (`/v1`), possibly empty.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     /// The full upstream URI for an API path such as `/chat/completions`, with a query.

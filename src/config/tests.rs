@@ -34,7 +34,7 @@ fn parses_a_full_config_into_the_internal_shape() {
     assert!(c.auth.allow_unauthenticated);
     let p = &c.providers[0];
     assert_eq!(p.kind, ProviderKind::OpenAi);
-    assert_eq!(p.base_url.path, "/v1");
+    assert_eq!(p.base_url.path(), "/v1");
     assert_eq!(
         p.base_url
             .join("/chat/completions", None)
