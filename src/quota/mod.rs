@@ -6,7 +6,7 @@ mod clock;
 pub mod retry_after;
 mod windows;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
@@ -32,8 +32,10 @@ pub struct QuotaState {
     /// hot paths skip the map entirely.
     latest_until_ms: AtomicU64,
     streaks: DashMap<String, u32>,
-    /// Set by the first failure: until then, clearing a streak is a no-op.
-    any_streak: AtomicBool,
+    /// At least the number of entries in `streaks` (raised before an insert, lowered after
+    /// a removal): while it is 0 there is no streak, and a success clears nothing without
+    /// touching the map or naming a scope.
+    live_streaks: AtomicUsize,
     windows: Windows,
     /// Set when state is shared with other replicas: every change is also queued there.
     shared: OnceLock<Arc<Shared>>,
@@ -46,7 +48,7 @@ impl QuotaState {
             locks: DashMap::new(),
             latest_until_ms: AtomicU64::new(0),
             streaks: DashMap::new(),
-            any_streak: AtomicBool::new(false),
+            live_streaks: AtomicUsize::new(0),
             windows: Windows::default(),
             shared: OnceLock::new(),
         }
@@ -138,11 +140,34 @@ impl QuotaState {
     /// Another replica's streak change: the fleet's streak length (0 clears it).
     pub fn apply_remote_streak(&self, scope: &str, n: u32) {
         if n == 0 {
-            self.streaks.remove(scope);
+            self.remove_streak(scope);
         } else {
-            self.any_streak.store(true, Ordering::Relaxed);
-            self.streaks.insert(scope.to_string(), n);
+            self.live_streaks.fetch_add(1, Ordering::AcqRel);
+            if self.streaks.insert(scope.to_string(), n).is_some() {
+                // It existed: counted already.
+                self.live_streaks.fetch_sub(1, Ordering::AcqRel);
+            }
         }
+    }
+
+    /// Removes a streak; whether there was one.
+    fn remove_streak(&self, scope: &str) -> bool {
+        let removed = self.streaks.remove(scope).is_some();
+        if removed {
+            self.live_streaks.fetch_sub(1, Ordering::AcqRel);
+        }
+        removed
+    }
+
+    /// Removes the streaks `keep` rejects, keeping the count.
+    fn retain_streaks(&self, keep: impl Fn(&str) -> bool) {
+        self.streaks.retain(|k, _| {
+            let kept = keep(k);
+            if !kept {
+                self.live_streaks.fetch_sub(1, Ordering::AcqRel);
+            }
+            kept
+        });
     }
 
     /// A resync: the fleet's locks and streaks replace this replica's mirror.
@@ -152,7 +177,7 @@ impl QuotaState {
         for (scope, remaining, reason) in locks {
             self.merge_lock(scope, now.saturating_add(*remaining), reason);
         }
-        self.streaks.clear();
+        self.retain_streaks(|_| false);
         for (scope, n) in streaks {
             self.apply_remote_streak(scope, *n);
         }
@@ -229,9 +254,12 @@ impl QuotaState {
 
     /// Records a failure for `scope` and returns the streak length.
     pub fn fail(&self, scope: &str) -> u32 {
-        self.any_streak.store(true, Ordering::Relaxed);
         let n = {
-            let mut e = self.streaks.entry(scope.to_string()).or_insert(0);
+            let mut e = self.streaks.entry(scope.to_string()).or_insert_with(|| {
+                // Under the entry's lock, so counted before anyone can see it.
+                self.live_streaks.fetch_add(1, Ordering::AcqRel);
+                0
+            });
             *e = e.saturating_add(1);
             *e
         };
@@ -244,14 +272,15 @@ impl QuotaState {
         n
     }
 
-    /// Ends a failure streak (fleet-wide when shared; nothing is sent when there is none).
-    /// Whether any failure streak may exist (false until the first failure is counted).
+    /// Whether any failure streak may exist: false when none does (a success then has
+    /// nothing to clear).
     pub fn any_streak(&self) -> bool {
-        self.any_streak.load(Ordering::Relaxed)
+        self.live_streaks.load(Ordering::Acquire) > 0
     }
 
+    /// Ends a failure streak (fleet-wide when shared; nothing is sent when there is none).
     pub fn clear_streak(&self, scope: &str) {
-        if self.any_streak.load(Ordering::Relaxed) && self.streaks.remove(scope).is_some() {
+        if self.any_streak() && self.remove_streak(scope) {
             if let Some(shared) = self.share(scope) {
                 shared.push(Event::Clear {
                     scope: scope.to_string(),
@@ -308,7 +337,7 @@ impl QuotaState {
     /// Drops state for scopes that no longer exist (after a config reload removed keys).
     pub fn retain_scopes(&self, keep: impl Fn(&str) -> bool) {
         self.locks.retain(|k, _| keep(k));
-        self.streaks.retain(|k, _| keep(k));
+        self.retain_streaks(keep);
     }
 }
 
@@ -379,5 +408,67 @@ mod tests {
         assert_eq!(q.fail("k"), 2);
         q.clear_streak("k");
         assert_eq!(q.streak("k"), 0);
+    }
+
+    #[test]
+    fn any_streak_is_true_exactly_while_a_streak_exists() {
+        let (_, q) = state();
+        assert!(!q.any_streak());
+        q.fail("a");
+        q.fail("a");
+        q.fail("b");
+        assert!(q.any_streak());
+        q.clear_streak("a");
+        assert!(q.any_streak(), "b still has one");
+        q.clear_streak("a");
+        q.clear_streak("b");
+        assert!(
+            !q.any_streak(),
+            "every streak ended: successes skip the map again"
+        );
+        // Another replica's view: set, overwritten, cleared.
+        q.apply_remote_streak("c", 3);
+        q.apply_remote_streak("c", 4);
+        assert_eq!(q.streak("c"), 4);
+        q.apply_remote_streak("c", 0);
+        assert!(!q.any_streak());
+        // A resync replaces them; a reload drops the scopes that went away.
+        q.fail("d");
+        q.replace_mirror(&[], &[("e".into(), 2), ("f".into(), 1)]);
+        assert_eq!((q.streak("d"), q.streak("e")), (0, 2));
+        q.retain_scopes(|s| s != "e");
+        assert!(q.any_streak(), "f is left");
+        q.retain_scopes(|_| false);
+        assert!(!q.any_streak());
+    }
+
+    #[test]
+    fn the_streak_count_holds_under_concurrent_failures_and_clears() {
+        let (_, q) = state();
+        let q = Arc::new(q);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2_000 {
+                        let scope = format!("s{}", (i + t) % 7);
+                        if i % 3 == 0 {
+                            q.clear_streak(&scope);
+                        } else {
+                            q.fail(&scope);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(q.any_streak(), !q.streaks().is_empty());
+        for i in 0..7 {
+            q.clear_streak(&format!("s{i}"));
+        }
+        assert!(!q.any_streak());
+        assert!(q.streaks().is_empty());
     }
 }
