@@ -197,8 +197,7 @@ impl Admin {
         for p in &snap.config.providers {
             for c in &p.connections {
                 for k in &c.keys {
-                    let healthy = !quota.is_locked(&Scopes::key(c, k))
-                        && !quota.is_locked(&Scopes::connection(c));
+                    let healthy = !quota.is_locked(k.scope()) && !quota.is_locked(c.scope());
                     metrics::gauge!(m::KEY_HEALTH, "provider" => p.id.clone(), "connection" => c.id.clone(), "key" => k.id.clone())
                         .set(if healthy { 1.0 } else { 0.0 });
                 }

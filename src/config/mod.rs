@@ -404,9 +404,33 @@ pub struct Connection {
     pub provider: String,
     pub id: String,
     pub keys: Vec<ApiKey>,
+    /// This connection's lock scope (`conn:provider/id`), named once.
+    scope: String,
 }
 
 impl Connection {
+    /// A connection of `keys`; names its lock scope and each key's once, here, so the
+    /// request path never formats them.
+    pub fn new(provider: String, id: String, mut keys: Vec<ApiKey>) -> Self {
+        let mut conn = Connection {
+            provider,
+            id,
+            keys: Vec::new(),
+            scope: String::new(),
+        };
+        conn.scope = crate::keys::Scopes::connection(&conn);
+        for k in &mut keys {
+            k.scope = crate::keys::Scopes::key(&conn, k);
+        }
+        conn.keys = keys;
+        conn
+    }
+
+    /// This connection's lock scope, `conn:<provider>/<connection>`.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
     /// `provider/connection`, the name used in logs, traces and policy scopes.
     pub fn name(&self) -> String {
         format!("{}/{}", self.provider, self.id)
@@ -422,9 +446,16 @@ pub struct ApiKey {
     /// The credential header's value as the provider's kind sends it (`Bearer …` or the
     /// bare key), built once at load and marked sensitive (never printed by `Debug`).
     pub auth: http::HeaderValue,
+    /// The key's lock scope (`key:provider/connection/id`), named by [`Connection::new`].
+    scope: String,
 }
 
 impl ApiKey {
+    /// The key's lock scope, `key:<provider>/<connection>/<key>`.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
     /// A key for a provider of `kind`; `None` when the secret cannot be an HTTP header value.
     pub fn new(id: String, secret: Secret, weight: u32, kind: ProviderKind) -> Option<Self> {
         let text = match kind {
@@ -440,6 +471,7 @@ impl ApiKey {
             secret,
             weight,
             auth,
+            scope: String::new(),
         })
     }
 }
@@ -979,11 +1011,7 @@ impl Validator<'_> {
                     }
                 }
             }
-            connections.push(Arc::new(Connection {
-                provider: id.clone(),
-                id: cid,
-                keys,
-            }));
+            connections.push(Arc::new(Connection::new(id.clone(), cid, keys)));
         }
         Ok(Provider {
             anthropic_version: p

@@ -342,3 +342,19 @@ fn joined_upstream_uris_are_the_same_with_and_without_the_cached_paths() {
         );
     }
 }
+
+#[test]
+fn lock_scope_names_are_built_once_at_load_and_match_the_scope_format() {
+    with_env();
+    let c = parse_str(MINIMAL).unwrap();
+    for p in &c.providers {
+        for conn in &p.connections {
+            assert_eq!(conn.scope(), crate::keys::Scopes::connection(conn));
+            assert_eq!(conn.scope(), format!("conn:{}/{}", p.id, conn.id));
+            for k in &conn.keys {
+                assert_eq!(k.scope(), crate::keys::Scopes::key(conn, k));
+                assert_eq!(k.scope(), format!("key:{}/{}/{}", p.id, conn.id, k.id));
+            }
+        }
+    }
+}

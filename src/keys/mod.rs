@@ -320,10 +320,10 @@ mod tests {
     use crate::config::Secret;
 
     fn conn(weights: &[u32]) -> Connection {
-        Connection {
-            provider: "p".into(),
-            id: "c".into(),
-            keys: weights
+        Connection::new(
+            "p".into(),
+            "c".into(),
+            weights
                 .iter()
                 .enumerate()
                 .map(|(i, w)| {
@@ -336,7 +336,7 @@ mod tests {
                     .unwrap()
                 })
                 .collect(),
-        }
+        )
     }
 
     fn counts(

@@ -182,7 +182,7 @@ pub fn key_usable(quota: &QuotaState, c: &ConnView, index: usize) -> bool {
         return true;
     }
     let key = &c.conn.keys[index];
-    !quota.is_locked(&crate::keys::Scopes::key(&c.conn, key))
+    !quota.is_locked(key.scope())
         && !quota.is_locked(&crate::keys::Scopes::key_model(&c.conn, key, &c.model))
 }
 

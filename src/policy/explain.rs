@@ -121,7 +121,7 @@ pub fn explain(
             .iter()
             .filter(|k| c.connection.as_ref().is_none_or(|id| &k.id == id))
         {
-            if quota.is_locked(&Scopes::connection(conn)) {
+            if quota.is_locked(conn.scope()) {
                 picks.push(format!("{}: cooling down", conn.id));
                 continue;
             }

@@ -37,9 +37,7 @@ pub struct AttemptInfo {
     /// Index of the key in `conn.keys`.
     key: usize,
     pub model: Arc<str>,
-    key_scope: OnceLock<String>,
     key_model_scope: OnceLock<String>,
-    conn_scope: OnceLock<String>,
     model_scope: OnceLock<String>,
 }
 
@@ -56,9 +54,7 @@ impl AttemptInfo {
             conn: conn.clone(),
             key,
             model,
-            key_scope: OnceLock::new(),
             key_model_scope: OnceLock::new(),
-            conn_scope: OnceLock::new(),
             model_scope: OnceLock::new(),
         }
     }
@@ -68,8 +64,7 @@ impl AttemptInfo {
     }
 
     pub fn key_scope(&self) -> &str {
-        self.key_scope
-            .get_or_init(|| Scopes::key(&self.conn, self.key()))
+        self.key().scope()
     }
 
     pub fn key_model_scope(&self) -> &str {
@@ -78,8 +73,7 @@ impl AttemptInfo {
     }
 
     pub fn conn_scope(&self) -> &str {
-        self.conn_scope
-            .get_or_init(|| Scopes::connection(&self.conn))
+        self.conn.scope()
     }
 
     pub fn model_scope(&self) -> &str {

@@ -173,7 +173,7 @@ impl AttemptContext<'_> {
                 let conn_lock = if self.quota().has_no_locks() {
                     None
                 } else {
-                    self.active_lock(&Scopes::connection(conn))
+                    self.active_lock(conn.scope())
                 };
                 if let Some(lock) = conn_lock {
                     note(lock.until_ms);
@@ -292,7 +292,7 @@ impl AttemptContext<'_> {
 
     /// When `key` becomes usable for `model` again, if it is locked now.
     fn key_block(&self, conn: &Connection, key: &ApiKey, model: &str) -> Option<Lock> {
-        let a = self.active_lock(&Scopes::key(conn, key));
+        let a = self.active_lock(key.scope());
         let b = self.active_lock(&Scopes::key_model(conn, key, model));
         match (a, b) {
             (Some(a), Some(b)) => Some(if a.until_ms >= b.until_ms { a } else { b }),
