@@ -453,6 +453,10 @@ pub struct ApiKey {
 impl ApiKey {
     /// The key's lock scope, `key:<provider>/<connection>/<key>`.
     pub fn scope(&self) -> &str {
+        debug_assert!(
+            !self.scope.is_empty(),
+            "a key's scope is named when its Connection is built (Connection::new)"
+        );
         &self.scope
     }
 
