@@ -13,8 +13,8 @@ use keyway::format::ApiFormat;
 use keyway::keys::KeyRegistry;
 use keyway::outcome::Outcome;
 use keyway::policy::{
-    defaults, AttemptInfo, AttemptView, ConnView, OutcomeView, Policy, RequestInfo, RequestView,
-    BUILTIN_POLICY,
+    defaults, AttemptInfo, AttemptView, ConnView, OutcomeView, Policy, RequestInfo, RequestSource,
+    RequestView, BUILTIN_POLICY,
 };
 use keyway::quota::{QuotaState, SystemClock};
 
@@ -63,7 +63,7 @@ fn big_policy() -> String {
 
 struct Setup {
     policy: Policy,
-    req: RequestView,
+    req: RequestSource<'static>,
     conn: ConnView,
     quota: Arc<QuotaState>,
     attempt: AttemptView,
@@ -86,7 +86,8 @@ fn setup(text: &str, keys: usize) -> Setup {
             headers: HeaderMap::new(),
             max_tokens: Some(256),
             input_tokens: 100,
-        })),
+        }))
+        .into(),
         conn: ConnView {
             pool: registry.pool(&c),
             conn: c,
@@ -115,7 +116,7 @@ fn request_policy_work(c: &mut Criterion) {
         g.bench_function(format!("script/{name}"), |b| {
             b.iter(|| {
                 let cands = s.policy.route(&s.req).unwrap();
-                let key = s.policy.select_key(&s.req, &s.conn).unwrap();
+                let key = s.policy.select_key(&s.req, &s.conn.as_ref()).unwrap();
                 let d = s.policy.on_outcome(&s.req, &s.attempt, &s.outcome).unwrap();
                 (cands, key, d)
             })
@@ -123,7 +124,7 @@ fn request_policy_work(c: &mut Criterion) {
         g.bench_function(format!("native/{name}"), |b| {
             b.iter(|| {
                 let cands = s.policy.default_route("gpt-4o");
-                let key = defaults::select_key(&s.quota, &s.conn);
+                let key = defaults::select_key(&s.quota, &s.conn.as_ref());
                 let d = defaults::on_outcome(&s.quota, &s.attempt.0, &s.outcome.0);
                 (cands, key, d)
             })

@@ -7,7 +7,7 @@ use crate::outcome::{Outcome, OutcomeClass};
 use crate::quota::{next_midnight_utc_ms, QuotaState};
 
 use super::engine::key_usable;
-use super::views::{AttemptInfo, ConnView};
+use super::views::{AttemptInfo, ConnRef};
 use super::Decision;
 
 /// Default wait after a 429 that gave no hint.
@@ -22,8 +22,8 @@ pub const SERVER_COOL_BASE_MS: u64 = 5_000;
 pub const SERVER_COOL_MAX_MS: u64 = 300_000;
 
 /// Strict round-robin over usable keys.
-pub fn select_key(quota: &QuotaState, conn: &ConnView) -> Option<usize> {
-    conn.pool.select(Rotation::RoundRobin, &conn.conn, |i, _| {
+pub fn select_key(quota: &QuotaState, conn: &ConnRef<'_>) -> Option<usize> {
+    conn.pool.select(Rotation::RoundRobin, conn.conn, |i, _| {
         key_usable(quota, conn, i)
     })
 }

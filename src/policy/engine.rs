@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Module, Position, FLOAT, INT};
 
-use super::views::{self, ConnView, RequestView};
+use super::views::{self, ConnRef, ConnView, RequestView};
 use crate::keys::Rotation;
 use crate::quota::{next_midnight_utc_ms, QuotaState};
 use crate::routing::Router;
@@ -174,7 +174,7 @@ fn routes_module(router: Arc<OnceLock<Router>>) -> Module {
 
 /// `true` if key `index` of `c` may be used now: not tried in this request, and neither
 /// the key, the key for this model, nor the connection is locked.
-pub fn key_usable(quota: &QuotaState, c: &ConnView, index: usize) -> bool {
+pub fn key_usable(quota: &QuotaState, c: &ConnRef<'_>, index: usize) -> bool {
     if c.tried.contains(&index) {
         return false;
     }
@@ -183,7 +183,7 @@ pub fn key_usable(quota: &QuotaState, c: &ConnView, index: usize) -> bool {
     }
     let key = &c.conn.keys[index];
     !quota.is_locked(key.scope())
-        && !quota.is_locked(&crate::keys::Scopes::key_model(&c.conn, key, &c.model))
+        && !quota.is_locked(&crate::keys::Scopes::key_model(c.conn, key, c.model))
 }
 
 fn keys_module(quota: Arc<QuotaState>) -> Module {
@@ -193,7 +193,7 @@ fn keys_module(quota: Arc<QuotaState>) -> Module {
         m.set_native_fn(rotation.as_str(), move |c: &mut ConnView| {
             let picked = c
                 .pool
-                .select(rotation, &c.conn, |i, _| key_usable(&q, c, i))
+                .select(rotation, &c.conn, |i, _| key_usable(&q, &c.as_ref(), i))
                 .map(|i| c.conn.keys[i].id.clone());
             Ok(picked.map_or(Dynamic::UNIT, Dynamic::from))
         });
@@ -201,7 +201,7 @@ fn keys_module(quota: Arc<QuotaState>) -> Module {
     let q = quota;
     m.set_native_fn("healthy", move |c: &mut ConnView| {
         Ok((0..c.conn.keys.len())
-            .filter(|&i| key_usable(&q, c, i))
+            .filter(|&i| key_usable(&q, &c.as_ref(), i))
             .map(|i| Dynamic::from(c.conn.keys[i].id.clone()))
             .collect::<rhai::Array>())
     });

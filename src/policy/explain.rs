@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use serde::Serialize;
 
-use super::{defaults, ConnView, Policy, PolicyError, RequestInfo, RequestView};
+use super::{defaults, ConnRef, Policy, PolicyError, RequestInfo, RequestSource, RequestView};
 use crate::config::Config;
 use crate::format::ApiFormat;
 use crate::keys::{KeyRegistry, Scopes};
@@ -72,7 +72,7 @@ pub fn explain(
     keys: &KeyRegistry,
     req: &ExplainRequest,
 ) -> Result<Explanation, PolicyError> {
-    let view = req.view();
+    let view = RequestSource::from(req.view());
     let quota = policy.quota();
     let candidates = policy.route(&view)?;
     let mut out = Vec::new();
@@ -125,11 +125,12 @@ pub fn explain(
                 picks.push(format!("{}: cooling down", conn.id));
                 continue;
             }
-            let cv = ConnView {
-                conn: conn.clone(),
-                pool: keys.pool(conn),
-                model: Arc::from(model.as_str()),
-                tried: Arc::from(Vec::new()),
+            let pool = keys.pool(conn);
+            let cv = ConnRef {
+                conn,
+                pool: &pool,
+                model: &model,
+                tried: &[],
             };
             let pick = match policy.select_key(&view, &cv) {
                 Ok(p) => p,

@@ -270,7 +270,11 @@ fn run_case(config: &Config, source: &Arc<str>, text: &str, case: &Case) -> Resu
     outcome.cap_wait(&config.policy);
     let attempt = AttemptView(Arc::new(AttemptInfo::new(1, conn, key, Arc::from(model))));
     let decision = policy
-        .on_outcome(&req.view(), &attempt, &OutcomeView(Arc::new(outcome)))
+        .on_outcome(
+            &req.view().into(),
+            &attempt,
+            &OutcomeView(Arc::new(outcome)),
+        )
         .map_err(|e| e.to_string())?;
     if let Some(want) = &o.expect_decision {
         if decision.as_str() != want {

@@ -27,7 +27,10 @@ use crate::quota::QuotaState;
 use crate::routing::{Candidate, RouteTable, Router, TargetSpec};
 
 pub use engine::{key_usable, Limits};
-pub use views::{AttemptInfo, AttemptView, ConnView, OutcomeView, RequestInfo, RequestView};
+pub use views::{
+    AttemptInfo, AttemptView, ConnRef, ConnView, OutcomeView, RequestInfo, RequestSource,
+    RequestView,
+};
 
 /// The policy that ships with Keyway; used when the config names no policy directory.
 pub const BUILTIN_POLICY: &str = include_str!("../../policies/main.rhai");
@@ -377,26 +380,26 @@ impl Policy {
     }
 
     /// `route(req)`: the candidates, in order.
-    pub fn route(&self, req: &RequestView) -> Result<Vec<Candidate>, PolicyError> {
+    pub fn route(&self, req: &RequestSource<'_>) -> Result<Vec<Candidate>, PolicyError> {
         if self.elided.route {
             // Exactly what the script returns: `provider/model` with the model spelled out.
             self.hook_metrics.native("route");
-            let model = &req.0.model;
+            let model = req.model();
             let mut out = self.default_route(model);
             for c in &mut out {
                 c.spec.model = Some(c.spec.model_for(model).to_string());
             }
             return Ok(out);
         }
-        let value = self.call("route", (req.clone(),))?;
+        let value = self.call("route", (req.view().clone(),))?;
         candidates(value).map_err(|m| self.failed("route", m))
     }
 
     /// `select_key(req, conn)`: `Ok(Some(i))` a key index, `Ok(None)` no usable key.
     pub fn select_key(
         &self,
-        req: &RequestView,
-        conn: &ConnView,
+        req: &RequestSource<'_>,
+        conn: &ConnRef<'_>,
     ) -> Result<Option<usize>, PolicyError> {
         if !self.hooks.select_key {
             return Ok(defaults::select_key(&self.quota, conn));
@@ -404,12 +407,12 @@ impl Policy {
         if let Some(rotation) = self.elided.select_key {
             // What `keys::<rotation>(conn)` returns, then the fallback a `()` gets.
             self.hook_metrics.native("select_key");
-            let picked = conn.pool.select(rotation, &conn.conn, |i, _| {
+            let picked = conn.pool.select(rotation, conn.conn, |i, _| {
                 engine::key_usable(&self.quota, conn, i)
             });
             return Ok(picked.or_else(|| defaults::select_key(&self.quota, conn)));
         }
-        let value = self.call("select_key", (req.clone(), conn.clone()))?;
+        let value = self.call("select_key", (req.view().clone(), conn.to_view()))?;
         if value.is_unit() {
             return Ok(defaults::select_key(&self.quota, conn));
         }
@@ -438,7 +441,7 @@ impl Policy {
     /// `on_outcome(req, attempt, outcome)`: what to do next.
     pub fn on_outcome(
         &self,
-        req: &RequestView,
+        req: &RequestSource<'_>,
         attempt: &AttemptView,
         outcome: &OutcomeView,
     ) -> Result<Decision, PolicyError> {
@@ -450,7 +453,7 @@ impl Policy {
         }
         let value = self.call(
             "on_outcome",
-            (req.clone(), attempt.clone(), outcome.clone()),
+            (req.view().clone(), attempt.clone(), outcome.clone()),
         )?;
         if value.is_unit() {
             return Ok(defaults::on_outcome(&self.quota, &attempt.0, &outcome.0));

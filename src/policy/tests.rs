@@ -46,7 +46,11 @@ fn compile(text: &str) -> Result<Policy, PolicyLoadError> {
     Policy::compile(Arc::from("policies/main.rhai"), text, &config(), quota().1)
 }
 
-fn req(model: &str) -> RequestView {
+fn req(model: &str) -> RequestSource<'static> {
+    view(model).into()
+}
+
+fn view(model: &str) -> RequestView {
     RequestView(Arc::new(RequestInfo {
         model: model.into(),
         format: ApiFormat::OpenAiChat,
@@ -200,9 +204,12 @@ fn request_credentials_are_invisible_to_scripts() {
     headers.insert("authorization", "Bearer client-secret".parse().unwrap());
     let r = RequestView(Arc::new(RequestInfo {
         headers,
-        ..Arc::try_unwrap(req("m").0).unwrap()
+        ..Arc::try_unwrap(view("m").0).unwrap()
     }));
-    assert_eq!(p.route(&r).unwrap()[0].spec.model.as_deref(), Some("a"));
+    assert_eq!(
+        p.route(&r.into()).unwrap()[0].spec.model.as_deref(),
+        Some("a")
+    );
 }
 
 /// The shipped main.rhai run as a script, the same policy with its hooks bound to natives
@@ -276,14 +283,17 @@ fn select_key_rotators_skip_locked_and_tried_keys() {
     let p = Policy::compile(Arc::from("p.rhai"), BUILTIN_POLICY, &cfg, q.clone()).unwrap();
     let conn = cfg.providers[0].connections[0].clone();
     let registry = KeyRegistry::new(&cfg);
-    let view = |tried: &[usize]| ConnView {
+    let conn_view = |tried: &[usize]| ConnView {
         conn: conn.clone(),
         pool: registry.pool(&conn),
         model: Arc::from("gpt-4o"),
         tried: Arc::from(tried),
     };
     let picks: Vec<_> = (0..4)
-        .map(|_| p.select_key(&req("gpt-4o"), &view(&[])).unwrap())
+        .map(|_| {
+            p.select_key(&req("gpt-4o"), &conn_view(&[]).as_ref())
+                .unwrap()
+        })
         .collect();
     assert_eq!(picks, [Some(0), Some(1), Some(0), Some(1)]);
     q.lock_for(
@@ -291,14 +301,25 @@ fn select_key_rotators_skip_locked_and_tried_keys() {
         1000,
         "rate_limited",
     );
-    assert_eq!(p.select_key(&req("gpt-4o"), &view(&[])).unwrap(), Some(1));
-    assert_eq!(p.select_key(&req("gpt-4o"), &view(&[1])).unwrap(), None);
+    assert_eq!(
+        p.select_key(&req("gpt-4o"), &conn_view(&[]).as_ref())
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        p.select_key(&req("gpt-4o"), &conn_view(&[1]).as_ref())
+            .unwrap(),
+        None
+    );
     // The lock is per model: another model may still use k0.
     let other = ConnView {
         model: Arc::from("gpt-4o-mini"),
-        ..view(&[1])
+        ..conn_view(&[1])
     };
-    assert_eq!(p.select_key(&req("gpt-4o-mini"), &other).unwrap(), Some(0));
+    assert_eq!(
+        p.select_key(&req("gpt-4o-mini"), &other.as_ref()).unwrap(),
+        Some(0)
+    );
 }
 
 proptest::proptest! {
@@ -332,10 +353,42 @@ proptest::proptest! {
                 };
                 let r = req(model);
                 let routed: Vec<_> = p.route(&r).unwrap().into_iter().map(|c| (c.spec, c.connection)).collect();
-                out.push((routed, p.select_key(&r, &view).unwrap()));
+                out.push((routed, p.select_key(&r, &view.as_ref()).unwrap()));
             }
             out
         };
         proptest::prop_assert_eq!(run(true), run(false));
+    }
+}
+
+/// The request view is built only for a script, and once per request however many hooks
+/// read it; the natives read the model alone.
+#[test]
+fn request_view_is_built_only_for_scripts_and_only_once() {
+    let cfg = config();
+    let conn = cfg.providers[0].connections[0].clone();
+    let registry = KeyRegistry::new(&cfg);
+    let pool = registry.pool(&conn);
+    for (scripted, want) in [(false, 0), (true, 1)] {
+        let (_, q) = quota();
+        let p = Policy::compile(Arc::from("main.rhai"), BUILTIN_POLICY, &cfg, q).unwrap();
+        let p = if scripted { p.scripted() } else { p };
+        let built = std::sync::atomic::AtomicUsize::new(0);
+        let make = || {
+            built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Arc::try_unwrap(view("gpt-4o").0).unwrap()
+        };
+        let source = RequestSource::lazy("gpt-4o", &make);
+        let routed = p.route(&source).unwrap();
+        assert_eq!(routed[0].spec.model.as_deref(), Some("gpt-4o"));
+        let c = ConnRef {
+            conn: &conn,
+            pool: &pool,
+            model: "gpt-4o",
+            tried: &[],
+        };
+        assert_eq!(p.select_key(&source, &c).unwrap(), Some(0));
+        assert_eq!(p.select_key(&source, &c).unwrap(), Some(1));
+        assert_eq!(built.into_inner(), want, "scripted: {scripted}");
     }
 }

@@ -27,6 +27,54 @@ pub struct RequestInfo {
 #[derive(Debug, Clone)]
 pub struct RequestView(pub Arc<RequestInfo>);
 
+/// The request as the policy entry points take it: the model, which the native hooks
+/// read, and a [`RequestView`] built the first time a script needs one. With every hook
+/// native (the shipped policy) no view is built, so the success path copies no names and
+/// allocates nothing for it.
+pub struct RequestSource<'a> {
+    model: &'a str,
+    make: Option<&'a (dyn Fn() -> RequestInfo + Sync)>,
+    view: OnceLock<RequestView>,
+}
+
+impl<'a> RequestSource<'a> {
+    /// A request for `model` whose view `make` builds when a script asks.
+    pub fn lazy(model: &'a str, make: &'a (dyn Fn() -> RequestInfo + Sync)) -> Self {
+        Self {
+            model,
+            make: Some(make),
+            view: OnceLock::new(),
+        }
+    }
+
+    /// The model the client asked for.
+    pub fn model(&self) -> &str {
+        match self.view.get() {
+            Some(v) if self.make.is_none() => &v.0.model,
+            _ => self.model,
+        }
+    }
+
+    /// The view scripts get, built on first use.
+    pub fn view(&self) -> &RequestView {
+        self.view.get_or_init(|| {
+            let make = self.make.expect("a ready source holds its view");
+            RequestView(Arc::new(make()))
+        })
+    }
+}
+
+impl From<RequestView> for RequestSource<'static> {
+    /// A source whose view already exists (tests, `keyway explain`).
+    fn from(view: RequestView) -> Self {
+        Self {
+            model: "",
+            make: None,
+            view: OnceLock::from(view),
+        }
+    }
+}
+
 /// One attempt: where it goes and with which key. Built per attempt, so it holds handles
 /// only; the scope names are formatted on first use (the success path of the default
 /// policy reads none of them unless a failure streak exists).
@@ -97,6 +145,40 @@ pub struct ConnView {
     pub model: Arc<str>,
     /// Keys already tried in this request; rotators skip them.
     pub tried: Arc<[usize]>,
+}
+
+impl ConnView {
+    pub fn as_ref(&self) -> ConnRef<'_> {
+        ConnRef {
+            conn: &self.conn,
+            pool: &self.pool,
+            model: &self.model,
+            tried: &self.tried,
+        }
+    }
+}
+
+/// [`ConnView`] borrowed: what the policy entry points and the native rotators take. A
+/// script gets an owned view made from it ([`ConnRef::to_view`]); the native path clones
+/// no handle (these `Arc`s are shared by every serving thread, so each clone and drop
+/// is a write to a cache line the other cores read) and allocates nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnRef<'a> {
+    pub conn: &'a Arc<Connection>,
+    pub pool: &'a Arc<KeyPool>,
+    pub model: &'a str,
+    pub tried: &'a [usize],
+}
+
+impl ConnRef<'_> {
+    pub fn to_view(&self) -> ConnView {
+        ConnView {
+            conn: self.conn.clone(),
+            pool: self.pool.clone(),
+            model: Arc::from(self.model),
+            tried: Arc::from(self.tried),
+        }
+    }
 }
 
 fn header(h: &HeaderMap, name: &str) -> Dynamic {

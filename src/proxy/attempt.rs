@@ -19,7 +19,7 @@ use crate::format::{ApiFormat, Dialect};
 use crate::keys::Scopes;
 use crate::outcome::{Outcome, OutcomeClass};
 use crate::policy::{
-    defaults, AttemptInfo, AttemptView, ConnView, Decision, OutcomeView, PolicyError, RequestView,
+    defaults, AttemptInfo, AttemptView, ConnRef, Decision, OutcomeView, PolicyError, RequestSource,
 };
 use crate::quota::{Lock, QuotaState};
 use crate::routing::Target;
@@ -88,7 +88,7 @@ pub struct AttemptContext<'a> {
     /// The client's query string, forwarded unless the provider says otherwise.
     pub query: Option<&'a str>,
     pub parsed: &'a ParsedBody,
-    pub req: RequestView,
+    pub req: &'a RequestSource<'a>,
 }
 
 /// The loop's result when nothing was returned: every record, and the earliest unlock.
@@ -182,18 +182,18 @@ impl AttemptContext<'_> {
                 }
                 let pool = self.runtime.keys.pool(conn);
                 let mut tried: Vec<usize> = Vec::new();
-                let model: Arc<str> = Arc::from(target.model.as_str());
+                let mut model: Option<Arc<str>> = None;
                 loop {
                     if budget == 0 {
                         break 'targets;
                     }
-                    let view = ConnView {
-                        conn: conn.clone(),
-                        pool: pool.clone(),
-                        model: model.clone(),
-                        tried: Arc::from(tried.as_slice()),
+                    let view = ConnRef {
+                        conn,
+                        pool: &pool,
+                        model: &target.model,
+                        tried: &tried,
                     };
-                    let selected = match self.snap.policy.select_key(&self.req, &view) {
+                    let selected = match self.snap.policy.select_key(self.req, &view) {
                         Ok(k) => k,
                         Err(e) => self
                             .on_policy_error(e, || defaults::select_key(self.quota(), &view))
@@ -219,15 +219,13 @@ impl AttemptContext<'_> {
                     let (outcome, response) =
                         self.try_once(target, conn, key, translated.as_ref()).await;
                     let upstream_wait = started.elapsed();
-                    let attempt = AttemptView(Arc::new(AttemptInfo::new(
-                        number,
-                        conn,
-                        index,
-                        model.clone(),
-                    )));
+                    let model = model
+                        .get_or_insert_with(|| Arc::from(target.model.as_str()))
+                        .clone();
+                    let attempt =
+                        AttemptView(Arc::new(AttemptInfo::new(number, conn, index, model)));
                     let outcome = OutcomeView(Arc::new(outcome));
-                    let decision = match self.snap.policy.on_outcome(&self.req, &attempt, &outcome)
-                    {
+                    let decision = match self.snap.policy.on_outcome(self.req, &attempt, &outcome) {
                         Ok(d) => d,
                         Err(e) => self
                             .on_policy_error(e, || {

@@ -29,14 +29,45 @@ const JSON_SCAN_LIMIT: usize = 4 * 1024 * 1024;
 #[derive(Debug)]
 pub enum UsageScan {
     None,
-    Json(Vec<u8>),
+    Json(JsonBuf),
     Sse,
+}
+
+/// A JSON body gathered for its `usage`: a body that arrives in one frame (most do) is
+/// kept as that frame, shared rather than copied; frames are copied together only when
+/// there are more.
+#[derive(Debug, Default)]
+pub struct JsonBuf {
+    first: Option<bytes::Bytes>,
+    joined: Vec<u8>,
+}
+
+impl JsonBuf {
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(self.joined.len(), |f| f.len())
+    }
+
+    fn push(&mut self, data: &bytes::Bytes) {
+        if self.first.is_none() && self.joined.is_empty() {
+            self.first = Some(data.clone());
+            return;
+        }
+        if let Some(first) = self.first.take() {
+            self.joined.reserve(first.len() + data.len());
+            self.joined.extend_from_slice(&first);
+        }
+        self.joined.extend_from_slice(data);
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.first.as_deref().unwrap_or(&self.joined)
+    }
 }
 
 /// Everything needed to finish a request once its body is done.
 #[derive(Debug)]
 pub struct Completion {
-    pub id: String,
+    pub id: super::RequestId,
     pub client: String,
     pub model: String,
     pub model_label: String,
@@ -111,7 +142,7 @@ impl Body for MeteredBody {
                         UsageScan::None => {}
                         UsageScan::Json(buf) => {
                             if buf.len() + data.len() <= JSON_SCAN_LIMIT {
-                                buf.extend_from_slice(data);
+                                buf.push(data);
                             } else {
                                 *this.scan = UsageScan::None;
                             }
@@ -170,13 +201,14 @@ fn take_json_usage(scan: &mut UsageScan, prompt: &mut Option<u64>, completion: &
     let UsageScan::Json(buf) = std::mem::replace(scan, UsageScan::None) else {
         return;
     };
-    let usage = match usage_from_tail(&buf) {
+    let buf = buf.as_slice();
+    let usage = match usage_from_tail(buf) {
         Some(u) => Some(u),
-        None => match serde_json::from_slice::<UsageOnly>(&buf) {
+        None => match serde_json::from_slice::<UsageOnly>(buf) {
             Ok(UsageOnly { usage }) => usage,
             // An odd shape (a count that is not an integer): read what is readable.
             Err(_) => {
-                if let Ok(AnyUsage { usage: Some(u) }) = serde_json::from_slice::<AnyUsage>(&buf) {
+                if let Ok(AnyUsage { usage: Some(u) }) = serde_json::from_slice::<AnyUsage>(buf) {
                     read_usage(&u, prompt, completion);
                 }
                 None
@@ -428,8 +460,29 @@ mod tests {
     /// The counts `take_json_usage` reads from a whole JSON body.
     fn usage(body: &str) -> (Option<u64>, Option<u64>) {
         let (mut p, mut c) = (None, None);
-        let mut scan = UsageScan::Json(body.as_bytes().to_vec());
+        // Whole, and split into frames at every byte: the same answer either way.
+        let mut whole = JsonBuf::default();
+        whole.push(&bytes::Bytes::copy_from_slice(body.as_bytes()));
+        let mut scan = UsageScan::Json(whole);
         take_json_usage(&mut scan, &mut p, &mut c);
+        for at in 1..body.len() {
+            let mut split = JsonBuf::default();
+            split.push(&bytes::Bytes::copy_from_slice(&body.as_bytes()[..at]));
+            split.push(&bytes::Bytes::copy_from_slice(&body.as_bytes()[at..]));
+            assert_eq!(split.as_slice(), body.as_bytes());
+            let (mut sp, mut sc) = (None, None);
+            take_json_usage(&mut UsageScan::Json(split), &mut sp, &mut sc);
+            assert_eq!((sp, sc), (p, c), "split at {at}");
+        }
+        let mut three = JsonBuf::default();
+        for part in [
+            &body[..body.len() / 3],
+            &body[body.len() / 3..body.len() / 2],
+            &body[body.len() / 2..],
+        ] {
+            three.push(&bytes::Bytes::copy_from_slice(part.as_bytes()));
+        }
+        assert_eq!(three.as_slice(), body.as_bytes());
         (p, c)
     }
 

@@ -21,7 +21,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::logfmt::Escaped;
-use crate::policy::{RequestInfo, RequestView};
+use crate::policy::{RequestInfo, RequestSource};
 use crate::runtime::{Runtime, Snapshot};
 
 pub use attempt::AttemptRecord;
@@ -44,7 +44,7 @@ pub struct Proxy {
 
 /// What is known about a request as it moves through the path; logged once at the end.
 struct RequestLog {
-    id: String,
+    id: RequestId,
     client: Option<String>,
     model: Option<String>,
     endpoint: &'static str,
@@ -81,7 +81,7 @@ impl Drop for Unanswered<'_> {
             served: None,
             stream: false,
             attempts: std::mem::take(&mut log.attempts),
-            id: std::mem::take(&mut log.id),
+            id: log.id,
         };
         metered::record(completion, false, None, None);
     }
@@ -130,7 +130,7 @@ impl Proxy {
         let dialect = request::dialect_for_path(parts.uri.path());
         let mut pending = Unanswered {
             log: RequestLog {
-                id: request_id(),
+                id: RequestId::new(),
                 client: None,
                 model: None,
                 endpoint: "other",
@@ -165,7 +165,7 @@ impl Proxy {
         let log = &mut pending.log;
         let headers = resp.headers_mut();
         headers.reserve(2); // the two below, in one growth
-        if let Ok(v) = HeaderValue::try_from(log.id.as_str()) {
+        if let Ok(v) = HeaderValue::from_bytes(log.id.as_str().as_bytes()) {
             headers.insert(&REQUEST_ID_HEADER, v);
         }
         if !log.attempts.is_empty() {
@@ -191,7 +191,7 @@ impl Proxy {
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let scan = match (&served, status.is_success(), is_sse) {
             (Some(_), true, true) => metered::UsageScan::Sse,
-            (Some(_), true, false) => metered::UsageScan::Json(Vec::new()),
+            (Some(_), true, false) => metered::UsageScan::Json(Default::default()),
             _ => metered::UsageScan::None,
         };
         let router = snap.policy.router();
@@ -215,7 +215,7 @@ impl Proxy {
             }),
             stream: is_sse,
             attempts: std::mem::take(&mut log.attempts),
-            id: std::mem::take(&mut log.id),
+            id: log.id,
         };
         resp.map(|body| metered::MeteredBody::new(body, completion, scan).boxed_unsync())
     }
@@ -256,20 +256,17 @@ impl Proxy {
         .await?;
         let parsed = ParsedBody::parse(raw)?;
         log.model = Some(parsed.model.clone());
-        let info = RequestView(Arc::new(RequestInfo {
+        // Built only if a script asks for it (the shipped policy's hooks are native).
+        let make_info = || RequestInfo {
             model: parsed.model.clone(),
             format,
             stream: parsed.stream,
             client: client.to_string(),
-            // Only scripts read request headers (`req.header`); natives never do.
-            headers: if snap.policy.runs_scripts() {
-                parts.headers.clone()
-            } else {
-                http::HeaderMap::new()
-            },
+            headers: parts.headers.clone(),
             max_tokens: parsed.max_tokens,
             input_tokens: parsed.len() as u64 / 4,
-        }));
+        };
+        let req = RequestSource::lazy(&parsed.model, &make_info);
         let ctx = attempt::AttemptContext {
             snap,
             runtime: &self.runtime,
@@ -277,10 +274,10 @@ impl Proxy {
             headers: &parts.headers,
             query: parts.uri.query(),
             parsed: &parsed,
-            req: info,
+            req: &req,
         };
         let policy = &snap.policy;
-        let candidates = match policy.route(&ctx.req) {
+        let candidates = match policy.route(ctx.req) {
             Ok(c) => c,
             Err(e) => ctx.on_policy_error(e, || policy.default_route(&parsed.model))?,
         };
@@ -358,19 +355,43 @@ fn pin_to_creator(
     Ok(pinned)
 }
 
-/// A request id: a UUIDv7 (time-ordered) from a per-thread context, so ids cost no lock
-/// shared between worker threads (`Uuid::now_v7` takes a global mutex).
-fn request_id() -> String {
-    use uuid::timestamp::context::{ContextV7, ThreadLocalContext};
-    thread_local! {
-        static CONTEXT: ContextV7 = const { ContextV7::new() };
+/// A request's id: a UUIDv7 (time-ordered) in its 32-digit simple form, kept inline (it
+/// is copied into the response header and the log line, and needs no allocation of its own).
+#[derive(Clone, Copy)]
+pub struct RequestId([u8; uuid::fmt::Simple::LENGTH]);
+
+impl RequestId {
+    /// A new id from a per-thread context, so ids cost no lock shared between worker
+    /// threads (`Uuid::now_v7` takes a global mutex).
+    fn new() -> Self {
+        use uuid::timestamp::context::{ContextV7, ThreadLocalContext};
+        thread_local! {
+            static CONTEXT: ContextV7 = const { ContextV7::new() };
+        }
+        static IDS: ThreadLocalContext<ContextV7> = ThreadLocalContext::new(&CONTEXT);
+        let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+        uuid::Uuid::new_v7(uuid::Timestamp::now(&IDS))
+            .simple()
+            .encode_lower(&mut buf);
+        Self(buf)
     }
-    static IDS: ThreadLocalContext<ContextV7> = ThreadLocalContext::new(&CONTEXT);
-    let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
-    uuid::Uuid::new_v7(uuid::Timestamp::now(&IDS))
-        .simple()
-        .encode_lower(&mut buf)
-        .to_string()
+
+    pub fn as_str(&self) -> &str {
+        // Lowercase hex digits only, as `encode_lower` wrote them.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The longest `Retry-After` Keyway tells a client: its longest wait cap.
@@ -426,6 +447,27 @@ mod tests {
 
     fn record(target: &str, conn: &str) -> AttemptRecord {
         AttemptRecord::new(target.into(), "p".into(), "m".into(), conn.into())
+    }
+
+    #[test]
+    fn request_ids_are_time_ordered_uuid_v7_in_simple_form() {
+        let ids: Vec<RequestId> = (0..64).map(|_| RequestId::new()).collect();
+        for pair in ids.windows(2) {
+            assert!(
+                pair[0].as_str() < pair[1].as_str(),
+                "{} then {}",
+                pair[0],
+                pair[1]
+            );
+        }
+        let id = ids[0].as_str();
+        assert_eq!(id.len(), 32);
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        let parsed = uuid::Uuid::parse_str(id).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+        assert_eq!(ids[0].to_string(), id);
     }
 
     #[test]

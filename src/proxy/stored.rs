@@ -161,7 +161,6 @@ pub(super) async fn forward(
 ) -> Result<http::Response<super::body::ProxyBody>, super::error::ProxyError> {
     use super::error::ProxyError;
     use http_body_util::BodyExt;
-    use std::sync::Arc;
     let path = parts.uri.path();
     let Some((id, tail)) = super::request::stored_path(path) else {
         return Err(ProxyError::NotFound(path.to_string()));
@@ -182,11 +181,12 @@ pub(super) async fn forward(
             "the connection that created response `{id}` is no longer configured"
         )));
     };
-    let view = crate::policy::ConnView {
-        conn: conn.clone(),
-        pool: runtime.keys.pool(conn),
-        model: Arc::from(""),
-        tried: Arc::from(Vec::new()),
+    let pool = runtime.keys.pool(conn);
+    let view = crate::policy::ConnRef {
+        conn,
+        pool: &pool,
+        model: "",
+        tried: &[],
     };
     let target = format!("{}/responses", provider.id);
     let mut record = super::AttemptRecord::new(
