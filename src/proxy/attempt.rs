@@ -266,7 +266,7 @@ impl AttemptContext<'_> {
                         decision: Some(decision),
                         message: o.message.clone(),
                         retry_after_ms: o.retry_after_ms,
-                        millis: started.elapsed().as_millis() as u64,
+                        millis: upstream_wait.as_millis() as u64,
                         translation: target.translation.map(Translation::label),
                     });
                     match (decision, response) {
@@ -379,28 +379,28 @@ impl AttemptContext<'_> {
                 )
             }
         };
-        let now = self.quota().now_ms();
         let status = resp.status();
         let (mut parts, mut body) = resp.into_parts();
         let dialect = self.format.dialect();
         if status.is_success() {
-            let first = match tokio::time::timeout(t.stream_idle, body.frame()).await {
-                Err(_) => {
+            let first = match super::within(t.stream_idle, body.frame()).await {
+                None => {
                     let msg = format!("no response body within {:?}", t.stream_idle);
                     return (Outcome::failure(OutcomeClass::Timeout, msg), None);
                 }
-                Ok(Some(Err(e))) => {
+                Some(Some(Err(e))) => {
                     let msg = scrub(format!("response broke before its first byte: {e}"));
                     return (Outcome::failure(OutcomeClass::Network, msg), None);
                 }
-                Ok(Some(Ok(frame))) => frame.into_data().ok(),
-                Ok(None) => None,
+                Some(Some(Ok(frame))) => frame.into_data().ok(),
+                Some(None) => None,
             };
             let outcome = Outcome::from_response_with(
                 status,
                 &parts.headers,
                 "",
-                now,
+                // A 2xx is class `ok`, which has no wait to compute: no clock read.
+                0,
                 self.snap.policy.scripts_on_outcome(),
             );
             redactor.redact_headers(&mut parts.headers);
@@ -444,7 +444,7 @@ impl AttemptContext<'_> {
             status,
             &parts.headers,
             &String::from_utf8_lossy(&text),
-            now,
+            self.quota().now_ms(),
             self.snap.policy.scripts_on_outcome(),
         );
         outcome.cap_wait(&self.snap.config.policy);

@@ -394,6 +394,22 @@ impl std::fmt::Display for RequestId {
     }
 }
 
+/// `fut`'s output, or `None` if it is still pending after `limit`. A future that is ready
+/// at once (a request body that came with its head, a response's first bytes that came
+/// with its headers: the common case) costs no timer: the clock is read and the deadline
+/// armed only once it is seen pending, so `limit` runs from then.
+pub(crate) async fn within<F: std::future::Future>(
+    limit: std::time::Duration,
+    fut: F,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => tokio::time::timeout(limit, fut).await.ok(),
+    }
+}
+
 /// The longest `Retry-After` Keyway tells a client: its longest wait cap.
 fn max_wait_secs(snap: &Snapshot) -> u64 {
     let p = &snap.config.policy;
@@ -447,6 +463,24 @@ mod tests {
 
     fn record(target: &str, conn: &str) -> AttemptRecord {
         AttemptRecord::new(target.into(), "p".into(), "m".into(), conn.into())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn within_answers_ready_futures_and_bounds_pending_ones() {
+        let limit = std::time::Duration::from_secs(5);
+        let start = tokio::time::Instant::now();
+        assert_eq!(within(limit, async { 7 }).await, Some(7));
+        assert_eq!(start.elapsed(), std::time::Duration::ZERO);
+        assert_eq!(within(limit, std::future::pending::<()>()).await, None);
+        assert_eq!(start.elapsed(), limit);
+        // Pending at first, done before the limit: its output, after its own wait.
+        let start = tokio::time::Instant::now();
+        let slow = async {
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            "late"
+        };
+        assert_eq!(within(limit, slow).await, Some("late"));
+        assert_eq!(start.elapsed(), std::time::Duration::from_secs(3));
     }
 
     #[test]

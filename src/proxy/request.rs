@@ -219,9 +219,9 @@ pub async fn read_body(
         }
         Ok(first.unwrap_or_else(|| gathered.freeze()))
     };
-    let result = match tokio::time::timeout(timeout, read).await {
-        Err(_) => Err(ProxyError::BodyTimeout(timeout)),
-        Ok(r) => r,
+    let result = match super::within(timeout, read).await {
+        None => Err(ProxyError::BodyTimeout(timeout)),
+        Some(r) => r,
     };
     if !matches!(result, Err(ProxyError::BodyTooLarge { .. })) {
         *slot = None;
