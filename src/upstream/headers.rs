@@ -22,20 +22,14 @@ fn is_hop_by_hop(name: &str) -> bool {
 
 /// [`is_hop_by_hop`] for a `Connection` token, whose case is the sender's.
 fn is_hop_by_hop_token(token: &str) -> bool {
-    if !token.bytes().any(|b| b.is_ascii_uppercase()) {
-        return is_hop_by_hop(token);
-    }
-    const NAMES: [&str; 8] = [
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ];
-    NAMES.iter().any(|h| h.eq_ignore_ascii_case(token))
+    // Lowercased on the stack (the longest such name is 19 bytes): one list, no allocation.
+    let mut buf = [0u8; 19];
+    let Some(lower) = buf.get_mut(..token.len()) else {
+        return false;
+    };
+    lower.copy_from_slice(token.as_bytes());
+    lower.make_ascii_lowercase();
+    std::str::from_utf8(lower).is_ok_and(is_hop_by_hop)
 }
 
 /// Client headers Keyway owns or that would steer credentials, caching or body framing:
