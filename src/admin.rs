@@ -203,7 +203,9 @@ impl Admin {
                 }
             }
         }
-        let mut r = Response::new(Full::new(Bytes::from(self.prometheus.render())));
+        let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(
+            &self.prometheus,
+        ))));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

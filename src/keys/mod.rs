@@ -89,15 +89,18 @@ pub struct ConnMetrics {
 
 impl ConnMetrics {
     fn new(conn: &Connection) -> Self {
-        let (p, c) = (conn.provider.clone(), conn.id.clone());
+        let (p, c) = (conn.provider.as_str(), conn.id.as_str());
         let by_class = |name: &'static str, with_conn: bool| {
             OutcomeClass::ALL
                 .iter()
                 .map(|o| {
                     if with_conn {
-                        metrics::counter!(name, "provider" => p.clone(), "connection" => c.clone(), "outcome" => o.as_str())
+                        m::counter(
+                            name,
+                            &[("provider", p), ("connection", c), ("outcome", o.as_str())],
+                        )
                     } else {
-                        metrics::counter!(name, "provider" => p.clone(), "outcome" => o.as_str())
+                        m::counter(name, &[("provider", p), ("outcome", o.as_str())])
                     }
                 })
                 .collect()
@@ -105,11 +108,16 @@ impl ConnMetrics {
         Self {
             attempts: by_class(m::ATTEMPTS, true),
             fallbacks: by_class(m::FALLBACKS, false),
-            ttfb: metrics::histogram!(m::UPSTREAM_TTFB, "provider" => p.clone()),
+            ttfb: m::histogram(m::UPSTREAM_TTFB, &[("provider", p)]),
             selections: conn
                 .keys
                 .iter()
-                .map(|k| metrics::counter!(m::KEY_SELECTIONS, "provider" => p.clone(), "connection" => c.clone(), "key" => k.id.clone()))
+                .map(|k| {
+                    m::counter(
+                        m::KEY_SELECTIONS,
+                        &[("provider", p), ("connection", c), ("key", &k.id)],
+                    )
+                })
                 .collect(),
         }
     }

@@ -108,15 +108,21 @@ impl HookMetrics {
     fn new() -> Self {
         let m = |hook: &'static str| {
             (
-                metrics::counter!(crate::metrics::POLICY_EVALUATIONS, "hook" => hook, "mode" => "script"),
-                metrics::histogram!(crate::metrics::POLICY_EVAL_TIME, "hook" => hook),
-                metrics::counter!(crate::metrics::POLICY_ERRORS, "hook" => hook),
+                crate::metrics::counter(
+                    crate::metrics::POLICY_EVALUATIONS,
+                    &[("hook", hook), ("mode", "script")],
+                ),
+                crate::metrics::histogram(crate::metrics::POLICY_EVAL_TIME, &[("hook", hook)]),
+                crate::metrics::counter(crate::metrics::POLICY_ERRORS, &[("hook", hook)]),
             )
         };
         Self {
             by_hook: HOOK_NAMES.map(m),
             native: HOOK_NAMES.map(|hook| {
-                metrics::counter!(crate::metrics::POLICY_EVALUATIONS, "hook" => hook, "mode" => "native")
+                crate::metrics::counter(
+                    crate::metrics::POLICY_EVALUATIONS,
+                    &[("hook", hook), ("mode", "native")],
+                )
             }),
             script_calls: std::sync::atomic::AtomicU64::new(0),
         }

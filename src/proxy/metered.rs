@@ -336,40 +336,54 @@ mod handles {
         static TOKENS: RefCell<Tokens> = RefCell::new(FastMap::default());
     }
 
-    pub fn request(endpoint: &'static str, model: &str, status: u16) -> Counter {
+    /// Counts one request (the handle is used in place: cloning it would write its
+    /// reference count, shared by every serving thread).
+    pub fn count_request(endpoint: &'static str, model: &str, status: u16) {
         REQUESTS.with_borrow_mut(|cache| {
             if let Some(c) = cache
                 .get(model)
                 .and_then(|v| v.iter().find(|(e, s, _)| *e == endpoint && *s == status))
             {
-                return c.2.clone();
+                return c.2.increment(1);
             }
-            let c = metrics::counter!(m::REQUESTS, "endpoint" => endpoint, "model" => model.to_string(), "status" => status.to_string());
+            let status_text = status.to_string();
+            let c = m::counter(
+                m::REQUESTS,
+                &[
+                    ("endpoint", endpoint),
+                    ("model", model),
+                    ("status", &status_text),
+                ],
+            );
+            c.increment(1);
             cache
                 .entry(model.to_string())
                 .or_default()
-                .push((endpoint, status, c.clone()));
-            c
+                .push((endpoint, status, c));
         })
     }
 
-    pub fn tokens(provider: &str, model: &str, kind: &'static str) -> Counter {
+    /// Adds `n` tokens of `kind`.
+    pub fn count_tokens(provider: &str, model: &str, kind: &'static str, n: u64) {
         TOKENS.with_borrow_mut(|cache| {
             if let Some(c) = cache
                 .get(provider)
                 .and_then(|p| p.get(model))
                 .and_then(|v| v.iter().find(|(k, _)| *k == kind))
             {
-                return c.1.clone();
+                return c.1.increment(n);
             }
-            let c = metrics::counter!(m::TOKENS, "provider" => provider.to_string(), "model" => model.to_string(), "kind" => kind);
+            let c = m::counter(
+                m::TOKENS,
+                &[("provider", provider), ("model", model), ("kind", kind)],
+            );
+            c.increment(n);
             cache
                 .entry(provider.to_string())
                 .or_default()
                 .entry(model.to_string())
                 .or_default()
-                .push((kind, c.clone()));
-            c
+                .push((kind, c));
         })
     }
 }
@@ -388,7 +402,7 @@ fn finish(c: Completion, complete: bool, prompt: Option<u64>, completion: Option
 pub fn record(c: Completion, complete: bool, prompt: Option<u64>, completion: Option<u64>) {
     let total = c.started.elapsed();
     let h = m::request();
-    handles::request(c.endpoint, &c.model_label, c.status).increment(1);
+    handles::count_request(c.endpoint, &c.model_label, c.status);
     let endpoint = m::ENDPOINTS
         .iter()
         .position(|e| *e == c.endpoint)
@@ -401,7 +415,7 @@ pub fn record(c: Completion, complete: bool, prompt: Option<u64>, completion: Op
         }
         for (kind, n) in [("prompt", prompt), ("completion", completion)] {
             if let Some(n) = n {
-                handles::tokens(provider, model, kind).increment(n);
+                handles::count_tokens(provider, model, kind, n);
             }
         }
     }

@@ -142,7 +142,7 @@ impl Proxy {
             answered: false,
         };
         // One snapshot for the whole request, whatever reloads happen meanwhile.
-        let snap = self.runtime.snapshot();
+        let snap = self.runtime.held_snapshot();
         let mut body = Some(body);
         let mut resp = match self.serve(&snap, &parts, &mut body, &mut pending.log).await {
             Ok(resp) => resp,

@@ -67,6 +67,7 @@ impl Workers {
                 .name(format!("keyway-worker-{i}"))
                 .spawn(move || {
                     let _logs = tracing::dispatcher::set_default(&dispatch);
+                    crate::metrics::claim_thread_slot();
                     if let Some(f) = hooks.on_start {
                         f();
                     }

@@ -60,11 +60,44 @@ struct Idle {
 /// A thread's idle connections by origin. A shard holds the origins its thread talks to,
 /// which are the config's providers (a handful, a few dozen at most), so a scan comparing
 /// origins beats a hash map: `Authority` hashes byte by byte, lowercasing each.
-type Shard = Mutex<Vec<(Origin, Vec<Idle>)>>;
+///
+/// Each shard is alone on its cache lines and has its own reference count: a request locks
+/// its thread's shard twice and a response body holds a reference to it, and neither may
+/// write a line that another serving thread writes too.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard(Mutex<Vec<(Origin, Vec<Idle>)>>);
+
+impl Shard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Origin, Vec<Idle>)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn checkin(&self, origin: Origin, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut shard = self.lock();
+        let at = match shard.iter().position(|(o, _)| *o == origin) {
+            Some(at) => at,
+            None => {
+                shard.push((origin, Vec::new()));
+                shard.len() - 1
+            }
+        };
+        let idle = &mut shard[at].1;
+        if idle.len() < MAX_IDLE_PER_ORIGIN {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
 
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
-    shards: Box<[Shard]>,
+    shards: Box<[Arc<Shard>]>,
     sweeper: OnceLock<()>,
 }
 
@@ -83,12 +116,12 @@ impl Pool {
             * 2;
         Arc::new(Self {
             connector,
-            shards: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            shards: (0..n).map(|_| Arc::default()).collect(),
             sweeper: OnceLock::new(),
         })
     }
 
-    fn shard(&self) -> &Shard {
+    fn shard(&self) -> &Arc<Shard> {
         let i = SHARD.with(|s| {
             let mut i = s.get();
             if i == usize::MAX {
@@ -118,7 +151,8 @@ impl Pool {
         // before the request was written, the request comes back and goes out on a fresh
         // connection. A fresh connection's failure is final.
         loop {
-            let (mut sender, reused) = match self.checkout(&origin) {
+            let shard = self.shard();
+            let (mut sender, reused) = match self.checkout(shard, &origin) {
                 Some(s) => (s, true),
                 // Boxed: connecting is rare, and its state would otherwise size (and be
                 // copied with) every request's future.
@@ -126,19 +160,19 @@ impl Pool {
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    let checkin = Checkin {
-                        pool: Arc::downgrade(self),
-                        origin,
-                        sender,
-                    };
                     if resp.body().is_end_stream() {
                         // Nothing to read (204, `content-length: 0`): idle already.
-                        self.checkin(checkin.origin, checkin.sender);
+                        shard.checkin(origin, sender);
                         return Ok(resp.map(|inner| PooledBody {
                             inner,
                             checkin: None,
                         }));
                     }
+                    let checkin = Checkin {
+                        shard: Arc::downgrade(shard),
+                        origin,
+                        sender,
+                    };
                     return Ok(resp.map(|inner| PooledBody {
                         inner,
                         checkin: Some(checkin),
@@ -154,8 +188,8 @@ impl Pool {
 
     /// The most recently used ready connection to `origin` in this thread's shard.
     /// Closed ones are dropped; ones still finishing their last response stay.
-    fn checkout(&self, origin: &Origin) -> Option<Sender> {
-        let mut shard = self.shard().lock().unwrap_or_else(|p| p.into_inner());
+    fn checkout(&self, shard: &Shard, origin: &Origin) -> Option<Sender> {
+        let mut shard = shard.lock();
         let idle = &mut shard.iter_mut().find(|(o, _)| o == origin)?.1;
         let mut i = idle.len();
         while i > 0 {
@@ -167,27 +201,6 @@ impl Pool {
             }
         }
         None
-    }
-
-    fn checkin(&self, origin: Origin, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut shard = self.shard().lock().unwrap_or_else(|p| p.into_inner());
-        let at = match shard.iter().position(|(o, _)| *o == origin) {
-            Some(at) => at,
-            None => {
-                shard.push((origin, Vec::new()));
-                shard.len() - 1
-            }
-        };
-        let idle = &mut shard[at].1;
-        if idle.len() < MAX_IDLE_PER_ORIGIN {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
-        }
     }
 
     async fn connect(&self, origin: &Origin) -> Result<Sender, SendError> {
@@ -233,7 +246,7 @@ impl Pool {
 
     fn sweep(&self, now: Instant) {
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let mut shard = shard.lock();
             shard.retain_mut(|(_, idle)| {
                 idle.retain(|c| !c.sender.is_closed() && now - c.since < IDLE_TIMEOUT);
                 !idle.is_empty()
@@ -246,7 +259,7 @@ impl Pool {
         self.shards
             .iter()
             .map(|s| {
-                let s = s.lock().unwrap_or_else(|p| p.into_inner());
+                let s = s.lock();
                 s.iter().map(|(_, idle)| idle.len()).sum::<usize>()
             })
             .sum()
@@ -254,7 +267,9 @@ impl Pool {
 }
 
 struct Checkin {
-    pool: Weak<Pool>,
+    /// The shard of the thread that checked the connection out (the same thread reads the
+    /// body to its end); gone with the pool.
+    shard: Weak<Shard>,
     origin: Origin,
     sender: Sender,
 }
@@ -272,8 +287,8 @@ pin_project_lite::pin_project! {
 impl PooledBody {
     fn done(self: Pin<&mut Self>) {
         if let Some(c) = self.project().checkin.take() {
-            if let Some(pool) = c.pool.upgrade() {
-                pool.checkin(c.origin, c.sender);
+            if let Some(shard) = c.shard.upgrade() {
+                shard.checkin(c.origin, c.sender);
             }
         }
     }

@@ -8,6 +8,9 @@ use std::time::Duration;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+mod sharded;
+pub use sharded::{claim_thread_slot, counter, gauge, histogram};
+
 /// Client requests, by `endpoint`, `model`, `status`.
 pub const REQUESTS: &str = "keyway_requests_total";
 /// Upstream attempts, by `provider`, `connection`, `outcome` (class).
@@ -107,10 +110,10 @@ static REQUEST: OnceLock<RequestHandles> = OnceLock::new();
 /// The per-request handles. Call [`install`] first, or they record nowhere.
 pub fn request() -> &'static RequestHandles {
     REQUEST.get_or_init(|| RequestHandles {
-        in_flight: metrics::gauge!(IN_FLIGHT),
-        open_streams: metrics::gauge!(OPEN_STREAMS),
-        overhead: metrics::histogram!(OVERHEAD),
-        duration: ENDPOINTS.map(|e| metrics::histogram!(REQUEST_DURATION, "endpoint" => e)),
+        in_flight: gauge(IN_FLIGHT, &[]),
+        open_streams: gauge(OPEN_STREAMS, &[]),
+        overhead: histogram(OVERHEAD, &[]),
+        duration: ENDPOINTS.map(|e| histogram(REQUEST_DURATION, &[("endpoint", e)])),
     })
 }
 
@@ -142,6 +145,12 @@ pub fn install() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// The Prometheus text of every metric, the per-thread ones summed first.
+pub fn render(handle: &PrometheusHandle) -> String {
+    sharded::sync();
+    handle.render()
 }
 
 /// Runs the exporter's periodic upkeep (histogram compaction) until the process ends.
