@@ -13,8 +13,7 @@ use keyway::format::ApiFormat;
 use keyway::keys::KeyRegistry;
 use keyway::outcome::Outcome;
 use keyway::policy::{
-    defaults, AttemptInfo, AttemptView, ConnView, OutcomeView, Policy, RequestInfo, RequestSource,
-    RequestView, BUILTIN_POLICY,
+    defaults, AttemptRef, ConnView, Policy, RequestInfo, RequestSource, RequestView, BUILTIN_POLICY,
 };
 use keyway::quota::{QuotaState, SystemClock};
 
@@ -66,8 +65,7 @@ struct Setup {
     req: RequestSource<'static>,
     conn: ConnView,
     quota: Arc<QuotaState>,
-    attempt: AttemptView,
-    outcome: OutcomeView,
+    outcome: Outcome,
 }
 
 fn setup(text: &str, keys: usize) -> Setup {
@@ -76,7 +74,6 @@ fn setup(text: &str, keys: usize) -> Setup {
     let policy = Policy::compile(Arc::from("main.rhai"), text, &cfg, quota.clone()).unwrap();
     let registry = KeyRegistry::new(&cfg);
     let c = cfg.providers[0].connections[0].clone();
-    let attempt = AttemptView(Arc::new(AttemptInfo::new(1, &c, 0, Arc::from("gpt-4o"))));
     Setup {
         req: RequestView(Arc::new(RequestInfo {
             model: "gpt-4o".into(),
@@ -94,13 +91,7 @@ fn setup(text: &str, keys: usize) -> Setup {
             model: Arc::from("gpt-4o"),
             tried: Arc::from(Vec::new()),
         },
-        outcome: OutcomeView(Arc::new(Outcome::from_response(
-            StatusCode::OK,
-            &HeaderMap::new(),
-            "",
-            0,
-        ))),
-        attempt,
+        outcome: Outcome::from_response(StatusCode::OK, &HeaderMap::new(), "", 0),
         quota,
         policy,
     }
@@ -117,7 +108,11 @@ fn request_policy_work(c: &mut Criterion) {
             b.iter(|| {
                 let cands = s.policy.route(&s.req).unwrap();
                 let key = s.policy.select_key(&s.req, &s.conn.as_ref()).unwrap();
-                let d = s.policy.on_outcome(&s.req, &s.attempt, &s.outcome).unwrap();
+                let attempt = AttemptRef::new(1, &s.conn.conn, 0, "gpt-4o");
+                let d = s
+                    .policy
+                    .on_outcome(&s.req, &attempt, &mut s.outcome.clone())
+                    .unwrap();
                 (cands, key, d)
             })
         });
@@ -125,7 +120,8 @@ fn request_policy_work(c: &mut Criterion) {
             b.iter(|| {
                 let cands = s.policy.default_route("gpt-4o");
                 let key = defaults::select_key(&s.quota, &s.conn.as_ref());
-                let d = defaults::on_outcome(&s.quota, &s.attempt.0, &s.outcome.0);
+                let attempt = AttemptRef::new(1, &s.conn.conn, 0, "gpt-4o");
+                let d = defaults::on_outcome(&s.quota, &attempt, &s.outcome);
                 (cands, key, d)
             })
         });

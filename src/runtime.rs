@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub policy: Arc<Policy>,
     /// The config's upstream secrets, for scrubbing what upstreams send back.
     pub redactor: Arc<Redactor>,
+    /// The key pools of the config's connections (the registry's, as of this snapshot).
+    pub pools: Arc<crate::keys::PoolMap>,
 }
 
 pub struct Runtime {
@@ -46,18 +48,20 @@ impl Runtime {
     pub fn new(config: Arc<Config>, clock: Arc<dyn Clock>) -> Result<Self, PolicyLoadError> {
         let quota = Arc::new(QuotaState::new(clock));
         let policy = Arc::new(Policy::load(&config, quota.clone())?);
+        let keys = KeyRegistry::new(&config);
         Ok(Self {
             ready: std::sync::atomic::AtomicBool::new(false),
-            keys: KeyRegistry::new(&config),
             upstream: Upstream::new(&config.timeouts),
             serving: std::sync::Mutex::new(std::sync::Weak::new()),
             generation: AtomicU64::new(next_generation()),
             snapshot: ArcSwap::from_pointee(Snapshot {
                 auth: Arc::new(ClientAuth::new(&config.auth)),
                 redactor: Arc::new(Redactor::new(&config)),
+                pools: keys.pools(),
                 config,
                 policy,
             }),
+            keys,
             quota,
         })
     }
@@ -124,6 +128,7 @@ impl Runtime {
             // Same config: the client keys' digests and the secrets are still valid.
             auth: current.auth.clone(),
             redactor: current.redactor.clone(),
+            pools: current.pools.clone(),
             policy,
         });
     }
@@ -135,6 +140,7 @@ impl Runtime {
         self.store(Snapshot {
             auth: Arc::new(ClientAuth::new(&config.auth)),
             redactor: Arc::new(Redactor::new(&config)),
+            pools: self.keys.pools(),
             config,
             policy,
         });

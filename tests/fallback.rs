@@ -320,3 +320,60 @@ async fn a_script_throw_reaches_the_client_as_a_clear_error() {
     assert_eq!(send(&proxy, "gpt-3.5-turbo").await.status(), 200);
     assert_eq!(mock.received().len(), 1);
 }
+
+#[tokio::test]
+async fn a_scripted_on_outcome_reads_response_headers_and_the_attempt() {
+    // The upstream marks a 200 as degraded; the policy moves on from a degraded answer,
+    // after checking it judges the attempt it thinks (a throw would fall back to the
+    // native default, which returns the degraded answer).
+    let mock = MockUpstream::start().await;
+    mock.push_for_key("sk-primary", Reply::ok().header("x-degraded", "yes"));
+    let proxy = TestProxy::builder()
+        .clock(clock())
+        .policy(
+            r#"
+fn init() { #{ routes: [ #{ model: "gpt-4o", targets: ["openai/gpt-4o", "backup/gpt-4o-mini"] } ] } }
+fn route(req) { routes::resolve(req.model) }
+fn on_outcome(req, attempt, outcome) {
+    if outcome.header("x-degraded") == "yes" {
+        if attempt.number != 1 || attempt.key != "k0" || attempt.model_scope != "model:openai/gpt-4o" {
+            throw "unexpected attempt " + attempt.number + " " + attempt.key + " " + attempt.model_scope;
+        }
+        "next"
+    } else if outcome.class == "ok" {
+        "return"
+    } else {
+        "next"
+    }
+}
+"#,
+        )
+        .provider(
+            "openai",
+            "openai",
+            &mock.base_url(),
+            &["gpt-4o"],
+            &["sk-primary"],
+        )
+        .provider(
+            "backup",
+            "openai-compatible",
+            &mock.base_url(),
+            &[],
+            &["sk-backup"],
+        )
+        .start()
+        .await;
+    let resp = send(&proxy, "gpt-4o").await;
+    assert_eq!(resp.status(), 200);
+    let t = trace(&resp);
+    assert!(t.contains("openai/gpt-4o main/k0 200"), "{t}");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        v["model"], "gpt-4o-mini",
+        "the degraded answer was passed over"
+    );
+    let got = mock.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].key.as_deref(), Some("sk-backup"));
+}

@@ -116,6 +116,25 @@ def render(r):
                    f"{sum(x['reordered_chunks'] for x in runs)} | {x50:.2f} ms | "
                    f"{med([x['ttfb_p99_ms'] for x in runs]):.2f} ms | {x50 - t50:+.2f} ms |")
     out.append("")
+    w4 = r.get("w4")
+    if w4:
+        out.append(f"### 4. One connection, one request at a time (wrk -t1 -c1, {r['w4_secs']} s per round)")
+        out.append("")
+        out.append("| target | req/s | p50 | p99 | added p50 vs direct | vs nginx | errors |")
+        out.append("|---|---|---|---|---|---|---|")
+        o50 = med([x["p50_us"] for x in w4["direct"]])
+        n50 = med([x["p50_us"] for x in w4["nginx"]])
+        for name, label in [("direct", "direct to upstream"), ("nginx", "nginx proxy"), ("floor", "hyper floor"),
+                            ("keyway", "Keyway (HTTP)"), ("keyway_tls", "Keyway (TLS)"),
+                            ("keyway_custom", "Keyway, custom policy")]:
+            runs = w4.get(name, [])
+            if not runs:
+                continue
+            p50 = med([x["p50_us"] for x in runs])
+            out.append(f"| {label} | {med([x['rps'] for x in runs]):,.0f} | {fmt_us(p50)} | "
+                       f"{fmt_us(med([x['p99_us'] for x in runs]))} | {fmt_us(p50 - o50)} | {fmt_us(p50 - n50)} | "
+                       f"{sum(x['errors'] for x in runs)} |")
+        out.append("")
     k = r["keyway"]
     out.append("### Keyway's footprint")
     out.append("")
@@ -146,7 +165,7 @@ nginx returning a canned chat completion; streams come from Keyway's mock upstre
 (release build). Keyway runs the default policy with client auth on, logs at `warn`, and
 no access log on either proxy.
 
-Exact commands: see `scripts/bench.sh` (wrk `-t2 -c64 --latency -s scripts/bench/wrk_post.lua`;
+Exact commands: see `scripts/bench.sh` (wrk `-t2 -c64 --latency -s scripts/bench/wrk_post.lua`, `-t1 -c1` for workload 4;
 oha `-q RATE -c 32 --latency-correction`; `examples/sse_load.rs` for streams).
 """
 

@@ -26,9 +26,9 @@ CANNED = ('{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model"
 
 PROFILES = {
     "full": dict(rounds=3, w1_secs=10, w1_conns=64, w2_secs=10, w2_rate=2000, w3_streams=1000, w3_chunks=100,
-                 w3_pacing_ms=20, reload_trials=15, criterion=True),
+                 w3_pacing_ms=20, w4_secs=5, reload_trials=15, criterion=True),
     "smoke": dict(rounds=1, w1_secs=2, w1_conns=16, w2_secs=2, w2_rate=300, w3_streams=40, w3_chunks=10,
-                  w3_pacing_ms=20, reload_trials=3, criterion=False),
+                  w3_pacing_ms=20, w4_secs=1, reload_trials=3, criterion=False),
 }
 
 
@@ -235,7 +235,7 @@ fn on_outcome(req, attempt, outcome) {
 
 def wrk(url, secs, conns, model="gpt-4o"):
     env = dict(os.environ, BENCH_KEY=CLIENT_KEY, BENCH_MODEL=model)
-    r = sh(["wrk", "-t2", f"-c{conns}", f"-d{secs}s", "--latency", "-s",
+    r = sh(["wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{secs}s", "--latency", "-s",
             os.path.join(ROOT, "scripts", "bench", "wrk_post.lua"), url], env=env)
     line = [l for l in r.stdout.splitlines() if l.startswith("{")]
     if not line:
@@ -382,6 +382,10 @@ def main():
         w3_targets = {"direct": f"http://127.0.0.1:{ports['mock']}{path}", "nginx": f"http://127.0.0.1:{ports['ngx_s']}{path}",
                       "keyway": f"http://127.0.0.1:{ports['kw']}{path}"}
         w3 = {k: [] for k in w3_targets}
+        # One request at a time: latency with nothing queued anywhere.
+        w4_targets = {k: v for k, v in w1_targets.items() if k in ("direct", "nginx", "floor", "keyway", "keyway_tls",
+                                                                    "keyway_custom")}
+        w4 = {k: [] for k in w4_targets}
         peak, cpu_per_stream = [], []
         # Warm every target (connection pools, page cache) before measuring.
         for url in w1_targets.values():
@@ -413,6 +417,9 @@ def main():
                     cpu += (f", Redis round trips {res['redis_calls_per_req']:.5f}/req "
                             f"({res['redis_calls_per_s']:.1f}/s, {res['redis_commands_per_s']:.0f} commands/s)")
                 print(f"  w1 {name}: {res['rps']:.0f} req/s{cpu}", flush=True)
+            for name, url in w4_targets.items():
+                w4[name].append(wrk(url, P["w4_secs"], 1))
+                print(f"  w4 {name}: p50 {w4[name][-1]['p50_us']:.0f} µs p99 {w4[name][-1]['p99_us']:.0f} µs", flush=True)
             for name, url in w2_targets.items():
                 w2[name].append(fixed_rate(url, P["w2_secs"], P["w2_rate"]))
                 print(f"  w2 {name}: p50 {w2[name][-1]['p50_us']:.0f} µs p99 {w2[name][-1]['p99_us']:.0f} µs", flush=True)
@@ -447,7 +454,7 @@ def main():
                      "wrk": "wrk " + (sh(["wrk", "-v"]).stdout.split()[1:2] or ["?"])[0],
                      "oha": sh(["oha", "--version"]).stdout.strip() if shutil.which("oha") else "hey (oha not installed)"},
         **P,
-        "w1": w1, "w2": w2, "w3": w3,
+        "w1": w1, "w2": w2, "w3": w3, "w4": w4,
         "keyway": {"binary_mib": os.path.getsize(os.path.join(REL, "keyway")) / 1024 / 1024, "idle_rss_mib": idle_rss,
                    "stream_peak_rss_mib": peak, "stream_cpu_ms_per_stream": cpu_per_stream,
                    "reload_median_ms": float(m.group(1)) if m else None},
@@ -456,7 +463,7 @@ def main():
     out = os.path.join(ROOT, "target", "bench", "results.json")
     write(out, json.dumps(results, indent=1))
     lost = sum(x["lost_chunks"] + x["reordered_chunks"] + x["failed"] for runs in w3.values() for x in runs)
-    errors = sum(x["errors"] for d in (w1, w2) for runs in d.values() for x in runs)
+    errors = sum(x["errors"] for d in (w1, w2, w4) for runs in d.values() for x in runs)
     print(f"results: {out}")
     if lost or errors:
         sys.exit(f"benchmark found failures: {errors} request errors, {lost} lost/reordered chunks or failed streams")

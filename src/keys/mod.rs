@@ -225,11 +225,21 @@ impl KeyPool {
     }
 }
 
+/// provider id → connection id → pool.
+pub type PoolMap = FastMap<String, FastMap<String, Arc<KeyPool>>>;
+
+/// The pool for `conn` in `pools`, borrowed (a request borrows it from its snapshot, so
+/// no reference count that every serving thread shares is written).
+pub fn pool_in<'a>(pools: &'a PoolMap, conn: &Connection) -> Option<&'a Arc<KeyPool>> {
+    pools
+        .get(conn.provider.as_str())
+        .and_then(|conns| conns.get(conn.id.as_str()))
+}
+
 /// Every connection's [`KeyPool`], by `provider/connection` name.
 #[derive(Debug, Default)]
 pub struct KeyRegistry {
-    /// provider id → connection id → pool.
-    pools: ArcSwap<FastMap<String, FastMap<String, Arc<KeyPool>>>>,
+    pools: ArcSwap<PoolMap>,
 }
 
 impl KeyRegistry {
@@ -249,7 +259,7 @@ impl KeyRegistry {
             .flat_map(|p| p.connections.iter())
             .map(|c| (c.name(), c))
             .collect();
-        let mut pools: FastMap<String, FastMap<String, Arc<KeyPool>>> = FastMap::default();
+        let mut pools = PoolMap::default();
         for c in config.providers.iter().flat_map(|p| p.connections.iter()) {
             let previous_pool = old
                 .get(&c.provider)
@@ -298,13 +308,10 @@ impl KeyRegistry {
                 };
                 (provider.clone(), id.clone(), Arc::new(copy))
             })
-            .fold(
-                FastMap::<String, FastMap<String, Arc<KeyPool>>>::default(),
-                |mut acc, (p, id, pool)| {
-                    acc.entry(p).or_default().insert(id, pool);
-                    acc
-                },
-            );
+            .fold(PoolMap::default(), |mut acc, (p, id, pool)| {
+                acc.entry(p).or_default().insert(id, pool);
+                acc
+            });
         KeyRegistry {
             pools: ArcSwap::from_pointee(pools),
         }
@@ -313,12 +320,19 @@ impl KeyRegistry {
     /// The pool for a connection of the current config.
     pub fn pool(&self, conn: &Connection) -> Arc<KeyPool> {
         // Keyed by provider, then connection: no name is formatted per lookup.
-        self.pools
-            .load()
-            .get(conn.provider.as_str())
-            .and_then(|conns| conns.get(conn.id.as_str()))
+        pool_in(&self.pools.load(), conn)
             .cloned()
-            .unwrap_or_else(|| Arc::new(KeyPool::new(conn, None, None, false)))
+            .unwrap_or_else(|| Self::unregistered(conn))
+    }
+
+    /// The current pools, as a snapshot holds them.
+    pub fn pools(&self) -> Arc<PoolMap> {
+        self.pools.load_full()
+    }
+
+    /// A pool for a connection that has none (not of the current config): fresh state.
+    pub fn unregistered(conn: &Connection) -> Arc<KeyPool> {
+        Arc::new(KeyPool::new(conn, None, None, false))
     }
 }
 

@@ -7,7 +7,7 @@ use crate::outcome::{Outcome, OutcomeClass};
 use crate::quota::{next_midnight_utc_ms, QuotaState};
 
 use super::engine::key_usable;
-use super::views::{AttemptInfo, ConnRef};
+use super::views::{AttemptRef, ConnRef};
 use super::Decision;
 
 /// Default wait after a 429 that gave no hint.
@@ -37,7 +37,7 @@ pub fn server_cool_ms(streak: u32) -> Option<u64> {
     })
 }
 
-pub fn on_outcome(quota: &QuotaState, a: &AttemptInfo, o: &Outcome) -> Decision {
+pub fn on_outcome(quota: &QuotaState, a: &AttemptRef<'_>, o: &Outcome) -> Decision {
     let class = o.class.as_str();
     match o.class {
         OutcomeClass::Ok => {

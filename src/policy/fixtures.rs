@@ -30,7 +30,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Deserialize;
 
 use super::explain::{explain, ExplainRequest};
-use super::{AttemptInfo, AttemptView, OutcomeView, Policy};
+use super::{AttemptRef, Policy};
 use crate::config::Config;
 use crate::format::ApiFormat;
 use crate::keys::KeyRegistry;
@@ -268,13 +268,9 @@ fn run_case(config: &Config, source: &Arc<str>, text: &str, case: &Case) -> Resu
     let mut outcome =
         Outcome::from_response(status, &headers(&o.headers)?, &o.body, quota.now_ms());
     outcome.cap_wait(&config.policy);
-    let attempt = AttemptView(Arc::new(AttemptInfo::new(1, conn, key, Arc::from(model))));
+    let attempt = AttemptRef::new(1, conn, key, model);
     let decision = policy
-        .on_outcome(
-            &req.view().into(),
-            &attempt,
-            &OutcomeView(Arc::new(outcome)),
-        )
+        .on_outcome(&req.view().into(), &attempt, &mut outcome)
         .map_err(|e| e.to_string())?;
     if let Some(want) = &o.expect_decision {
         if decision.as_str() != want {

@@ -20,6 +20,7 @@ pub mod views;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+use crate::outcome::Outcome;
 use rhai::{Dynamic, Engine, EvalAltResult, FuncArgs, Map, Scope, AST};
 
 use crate::config::{Config, OnError, PolicyConfig};
@@ -28,8 +29,8 @@ use crate::routing::{Candidate, RouteTable, Router, TargetSpec};
 
 pub use engine::{key_usable, Limits};
 pub use views::{
-    AttemptInfo, AttemptView, ConnRef, ConnView, OutcomeView, RequestInfo, RequestSource,
-    RequestView,
+    AttemptInfo, AttemptRef, AttemptView, ConnRef, ConnView, OutcomeView, RequestInfo,
+    RequestSource, RequestView,
 };
 
 /// The policy that ships with Keyway; used when the config names no policy directory.
@@ -448,21 +449,25 @@ impl Policy {
     pub fn on_outcome(
         &self,
         req: &RequestSource<'_>,
-        attempt: &AttemptView,
-        outcome: &OutcomeView,
+        attempt: &AttemptRef<'_>,
+        outcome: &mut Outcome,
     ) -> Result<Decision, PolicyError> {
         if !self.hooks.on_outcome || self.elided.on_outcome {
             if self.elided.on_outcome {
                 self.hook_metrics.native("on_outcome");
             }
-            return Ok(defaults::on_outcome(&self.quota, &attempt.0, &outcome.0));
+            return Ok(defaults::on_outcome(&self.quota, attempt, outcome));
         }
-        let value = self.call(
-            "on_outcome",
-            (req.view().clone(), attempt.clone(), outcome.clone()),
-        )?;
+        // Owned copies for the script (a native hook reads the borrowed ones); the
+        // response headers, which only `outcome.header(…)` reads, move into its copy.
+        let headers = std::mem::take(&mut outcome.headers);
+        let view = OutcomeView(Arc::new(Outcome {
+            headers,
+            ..outcome.clone()
+        }));
+        let value = self.call("on_outcome", (req.view().clone(), attempt.view(), view))?;
         if value.is_unit() {
-            return Ok(defaults::on_outcome(&self.quota, &attempt.0, &outcome.0));
+            return Ok(defaults::on_outcome(&self.quota, attempt, outcome));
         }
         let text = value.into_immutable_string().unwrap_or_default();
         Decision::parse(&text).ok_or_else(|| {

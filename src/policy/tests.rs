@@ -219,7 +219,7 @@ fn request_credentials_are_invisible_to_scripts() {
 fn main_rhai_matches_the_native_defaults() {
     let cfg = config();
     let conn = cfg.providers[0].connections[0].clone();
-    let attempt = AttemptInfo::new(1, &conn, 0, Arc::from("gpt-4o"));
+    let attempt = AttemptRef::new(1, &conn, 0, "gpt-4o");
     let outcomes = [
         (200, "", None),
         (429, "rate limit", Some("7")),
@@ -248,19 +248,14 @@ fn main_rhai_matches_the_native_defaults() {
             let mut decisions = Vec::new();
             // Three in a row, so streak-based rules (auth invalid, server cool-down) show.
             for _ in 0..3 {
-                let o = Outcome::from_response(
+                let mut o = Outcome::from_response(
                     StatusCode::from_u16(status).unwrap(),
                     &headers,
                     body,
                     q.now_ms(),
                 );
                 let d = if scripted {
-                    p.on_outcome(
-                        &req("gpt-4o"),
-                        &AttemptView(Arc::new(AttemptInfo::new(1, &conn, 0, Arc::from("gpt-4o")))),
-                        &OutcomeView(Arc::new(o)),
-                    )
-                    .unwrap()
+                    p.on_outcome(&req("gpt-4o"), &attempt, &mut o).unwrap()
                 } else {
                     defaults::on_outcome(&q, &attempt, &o)
                 };

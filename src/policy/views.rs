@@ -75,31 +75,32 @@ impl From<RequestView> for RequestSource<'static> {
     }
 }
 
-/// One attempt: where it goes and with which key. Built per attempt, so it holds handles
-/// only; the scope names are formatted on first use (the success path of the default
-/// policy reads none of them unless a failure streak exists).
+/// One attempt as the native hooks read it: where it goes and with which key, borrowed
+/// from the request (no reference count is touched, nothing is allocated); the scope
+/// names are formatted on first use (the success path of the default policy reads none of
+/// them unless a failure streak exists). A scripted hook gets an owned [`AttemptInfo`].
 #[derive(Debug)]
-pub struct AttemptInfo {
+pub struct AttemptRef<'a> {
     pub number: u32,
-    pub conn: Arc<Connection>,
+    pub conn: &'a Arc<Connection>,
     /// Index of the key in `conn.keys`.
     key: usize,
-    pub model: Arc<str>,
+    pub model: &'a str,
     key_model_scope: OnceLock<String>,
     model_scope: OnceLock<String>,
 }
 
-impl AttemptInfo {
+impl<'a> AttemptRef<'a> {
     /// Attempt `number` of a request, with key `key` (an index into `conn.keys`) of
     /// `conn`, asking for `model`.
     ///
     /// # Panics
     /// If `key` is not an index of `conn.keys` (selection only returns valid indexes).
-    pub fn new(number: u32, conn: &Arc<Connection>, key: usize, model: Arc<str>) -> Self {
+    pub fn new(number: u32, conn: &'a Arc<Connection>, key: usize, model: &'a str) -> Self {
         assert!(key < conn.keys.len(), "key index out of range");
         Self {
             number,
-            conn: conn.clone(),
+            conn,
             key,
             model,
             key_model_scope: OnceLock::new(),
@@ -117,7 +118,7 @@ impl AttemptInfo {
 
     pub fn key_model_scope(&self) -> &str {
         self.key_model_scope
-            .get_or_init(|| Scopes::key_model(&self.conn, self.key(), &self.model))
+            .get_or_init(|| Scopes::key_model(self.conn, self.key(), self.model))
     }
 
     pub fn conn_scope(&self) -> &str {
@@ -126,7 +127,37 @@ impl AttemptInfo {
 
     pub fn model_scope(&self) -> &str {
         self.model_scope
-            .get_or_init(|| Scopes::model(&self.conn.provider, &self.model))
+            .get_or_init(|| Scopes::model(&self.conn.provider, self.model))
+    }
+
+    /// The attempt as scripts get it.
+    pub fn view(&self) -> AttemptView {
+        AttemptView(Arc::new(AttemptInfo {
+            number: self.number,
+            conn: self.conn.clone(),
+            key: self.key,
+            model: self.model.into(),
+        }))
+    }
+}
+
+/// One attempt, owned, as a scripted hook gets it (see [`AttemptRef`]).
+#[derive(Debug)]
+pub struct AttemptInfo {
+    pub number: u32,
+    pub conn: Arc<Connection>,
+    key: usize,
+    pub model: Arc<str>,
+}
+
+impl AttemptInfo {
+    /// The borrowed form, which names the scopes.
+    pub fn borrowed(&self) -> AttemptRef<'_> {
+        AttemptRef::new(self.number, &self.conn, self.key, &self.model)
+    }
+
+    pub fn key(&self) -> &ApiKey {
+        &self.conn.keys[self.key]
     }
 }
 
@@ -232,16 +263,16 @@ pub fn register(engine: &mut Engine) {
             a.0.key().secret.fingerprint().to_string()
         })
         .register_get("key_scope", |a: &mut AttemptView| {
-            a.0.key_scope().to_string()
+            a.0.borrowed().key_scope().to_string()
         })
         .register_get("key_model_scope", |a: &mut AttemptView| {
-            a.0.key_model_scope().to_string()
+            a.0.borrowed().key_model_scope().to_string()
         })
         .register_get("conn_scope", |a: &mut AttemptView| {
-            a.0.conn_scope().to_string()
+            a.0.borrowed().conn_scope().to_string()
         })
         .register_get("model_scope", |a: &mut AttemptView| {
-            a.0.model_scope().to_string()
+            a.0.borrowed().model_scope().to_string()
         });
     engine
         .register_type_with_name::<OutcomeView>("Outcome")

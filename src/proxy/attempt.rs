@@ -3,7 +3,6 @@
 //! `on_outcome` decide: return it, or move on. Bounded by `policy.max_attempts`; every
 //! attempt (and every candidate skipped for a lock) is recorded for the client's trace.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::upstream::UpstreamBody;
@@ -18,9 +17,7 @@ use crate::config::{ApiKey, Connection};
 use crate::format::{ApiFormat, Dialect};
 use crate::keys::Scopes;
 use crate::outcome::{Outcome, OutcomeClass};
-use crate::policy::{
-    defaults, AttemptInfo, AttemptView, ConnRef, Decision, OutcomeView, PolicyError, RequestSource,
-};
+use crate::policy::{defaults, AttemptRef, ConnRef, Decision, PolicyError, RequestSource};
 use crate::quota::{Lock, QuotaState};
 use crate::routing::Target;
 use crate::runtime::{Runtime, Snapshot};
@@ -180,16 +177,23 @@ impl AttemptContext<'_> {
                     records.push(skip(target, &conn.id, &lock, "connection cooling down"));
                     continue;
                 }
-                let pool = self.runtime.keys.pool(conn);
+                let registered = crate::keys::pool_in(&self.snap.pools, conn);
+                let fresh;
+                let pool = match registered {
+                    Some(pool) => pool,
+                    None => {
+                        fresh = crate::keys::KeyRegistry::unregistered(conn);
+                        &fresh
+                    }
+                };
                 let mut tried: Vec<usize> = Vec::new();
-                let mut model: Option<Arc<str>> = None;
                 loop {
                     if budget == 0 {
                         break 'targets;
                     }
                     let view = ConnRef {
                         conn,
-                        pool: &pool,
+                        pool,
                         model: &target.model,
                         tried: &tried,
                     };
@@ -216,24 +220,24 @@ impl AttemptContext<'_> {
                         c.increment(1);
                     }
                     let started = Instant::now();
-                    let (outcome, response) =
+                    let (mut outcome, response) =
                         self.try_once(target, conn, key, translated.as_ref()).await;
                     let upstream_wait = started.elapsed();
-                    let model = model
-                        .get_or_insert_with(|| Arc::from(target.model.as_str()))
-                        .clone();
-                    let attempt =
-                        AttemptView(Arc::new(AttemptInfo::new(number, conn, index, model)));
-                    let outcome = OutcomeView(Arc::new(outcome));
-                    let decision = match self.snap.policy.on_outcome(self.req, &attempt, &outcome) {
-                        Ok(d) => d,
-                        Err(e) => self
-                            .on_policy_error(e, || {
-                                defaults::on_outcome(self.quota(), &attempt.0, &outcome.0)
-                            })
-                            .map_err(Err)?,
-                    };
-                    let o = &outcome.0;
+                    let attempt = AttemptRef::new(number, conn, index, &target.model);
+                    let decision =
+                        match self
+                            .snap
+                            .policy
+                            .on_outcome(self.req, &attempt, &mut outcome)
+                        {
+                            Ok(d) => d,
+                            Err(e) => self
+                                .on_policy_error(e, || {
+                                    defaults::on_outcome(self.quota(), &attempt, &outcome)
+                                })
+                                .map_err(Err)?,
+                        };
+                    let o = &outcome;
                     if o.class.is_limit() {
                         if let Some(until) = self.key_block_until(conn, key, &target.model) {
                             note(until);
