@@ -462,9 +462,19 @@ def main():
     }
     out = os.path.join(ROOT, "target", "bench", "results.json")
     write(out, json.dumps(results, indent=1))
-    lost = sum(x["lost_chunks"] + x["reordered_chunks"] + x["failed"] for runs in w3.values() for x in runs)
-    errors = sum(x["errors"] for d in (w1, w2, w4) for runs in d.values() for x in runs)
+    # Keyway's failures fail the run; a baseline's (nginx dropping a stream under the same
+    # load) are reported in the tables and warned about here.
+    def failures(keyway):
+        lost = sum(x["lost_chunks"] + x["reordered_chunks"] + x["failed"] for name, runs in w3.items()
+                   if name.startswith("keyway") == keyway for x in runs)
+        errors = sum(x["errors"] for d in (w1, w2, w4) for name, runs in d.items()
+                     if name.startswith("keyway") == keyway for x in runs)
+        return errors, lost
     print(f"results: {out}")
+    errors, lost = failures(False)
+    if errors or lost:
+        print(f"warning: baselines failed: {errors} request errors, {lost} lost/reordered chunks or failed streams")
+    errors, lost = failures(True)
     if lost or errors:
         sys.exit(f"benchmark found failures: {errors} request errors, {lost} lost/reordered chunks or failed streams")
 

@@ -121,14 +121,14 @@ impl Atomic for AtomicI64 {
 /// A counter kept per thread and summed into the exporter's counter.
 pub struct ShardedCounter {
     slots: Box<[Slot<AtomicU64>]>,
-    sink: metrics::Counter,
+    key: Key,
 }
 
 impl ShardedCounter {
-    fn new(sink: metrics::Counter) -> Self {
+    fn new(key: Key) -> Self {
         Self {
             slots: (0..slots()).map(|_| Slot::default()).collect(),
-            sink,
+            key,
         }
     }
 
@@ -157,16 +157,16 @@ impl CounterFn for ShardedCounter {
 pub struct ShardedGauge {
     /// Milli-units, so that fractional updates add exactly.
     slots: Box<[Slot<AtomicI64>]>,
-    sink: metrics::Gauge,
+    key: Key,
 }
 
 const GAUGE_SCALE: f64 = 1000.0;
 
 impl ShardedGauge {
-    fn new(sink: metrics::Gauge) -> Self {
+    fn new(key: Key) -> Self {
         Self {
             slots: (0..slots()).map(|_| Slot::default()).collect(),
-            sink,
+            key,
         }
     }
 
@@ -205,20 +205,24 @@ const BATCH: usize = 64;
 /// thread keeps its lines in that thread's cache.
 pub struct ShardedHistogram {
     slots: Box<[Slot<Mutex<Vec<f64>>>]>,
-    sink: metrics::Histogram,
+    key: Key,
 }
 
 impl ShardedHistogram {
-    fn new(sink: metrics::Histogram) -> Self {
+    fn new(key: Key) -> Self {
         Self {
             slots: (0..slots()).map(|_| Slot::default()).collect(),
-            sink,
+            key,
         }
     }
 
     fn flush(&self, batch: &mut Vec<f64>) {
+        if batch.is_empty() {
+            return;
+        }
+        let sink = metrics::with_recorder(|r| r.register_histogram(&self.key, &METADATA));
         for v in batch.drain(..) {
-            self.sink.record(v);
+            sink.record(v);
         }
     }
 
@@ -272,10 +276,10 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
 pub fn counter(name: &'static str, labels: &[(&'static str, &str)]) -> metrics::Counter {
     let key = key(name, labels);
     let mut reg = registry();
-    let c = reg.counters.entry(key).or_insert_with_key(|key| {
-        let sink = metrics::with_recorder(|r| r.register_counter(key, &METADATA));
-        Arc::new(ShardedCounter::new(sink))
-    });
+    let c = reg
+        .counters
+        .entry(key)
+        .or_insert_with_key(|key| Arc::new(ShardedCounter::new(key.clone())));
     metrics::Counter::from_arc(c.clone())
 }
 
@@ -283,10 +287,10 @@ pub fn counter(name: &'static str, labels: &[(&'static str, &str)]) -> metrics::
 pub fn gauge(name: &'static str, labels: &[(&'static str, &str)]) -> metrics::Gauge {
     let key = key(name, labels);
     let mut reg = registry();
-    let g = reg.gauges.entry(key).or_insert_with_key(|key| {
-        let sink = metrics::with_recorder(|r| r.register_gauge(key, &METADATA));
-        Arc::new(ShardedGauge::new(sink))
-    });
+    let g = reg
+        .gauges
+        .entry(key)
+        .or_insert_with_key(|key| Arc::new(ShardedGauge::new(key.clone())));
     metrics::Gauge::from_arc(g.clone())
 }
 
@@ -294,10 +298,10 @@ pub fn gauge(name: &'static str, labels: &[(&'static str, &str)]) -> metrics::Ga
 pub fn histogram(name: &'static str, labels: &[(&'static str, &str)]) -> metrics::Histogram {
     let key = key(name, labels);
     let mut reg = registry();
-    let h = reg.histograms.entry(key).or_insert_with_key(|key| {
-        let sink = metrics::with_recorder(|r| r.register_histogram(key, &METADATA));
-        Arc::new(ShardedHistogram::new(sink))
-    });
+    let h = reg
+        .histograms
+        .entry(key)
+        .or_insert_with_key(|key| Arc::new(ShardedHistogram::new(key.clone())));
     metrics::Histogram::from_arc(h.clone())
 }
 
@@ -308,12 +312,16 @@ pub fn sync() {
     for h in reg.histograms.values() {
         h.flush_all();
     }
-    for c in reg.counters.values() {
-        c.sink.absolute(c.sum());
-    }
-    for g in reg.gauges.values() {
-        g.sink.set(g.value());
-    }
+    // The exporter's handles are looked up here, not kept: a metric first named before
+    // the recorder was installed (a registry built early, a test) still reaches it.
+    metrics::with_recorder(|r| {
+        for c in reg.counters.values() {
+            r.register_counter(&c.key, &METADATA).absolute(c.sum());
+        }
+        for g in reg.gauges.values() {
+            r.register_gauge(&g.key, &METADATA).set(g.value());
+        }
+    });
 }
 
 #[cfg(test)]
@@ -357,6 +365,23 @@ mod tests {
     }
 
     #[test]
+    fn a_metric_named_before_the_recorder_exists_still_reaches_it() {
+        let early = counter("keyway_test_early_total", &[("k", "v")]);
+        early.increment(3);
+        let h = histogram("keyway_test_early_seconds", &[]);
+        h.record(0.5);
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, sync);
+        let text = handle.render();
+        assert!(
+            text.contains(r#"keyway_test_early_total{k="v"} 3"#),
+            "{text}"
+        );
+        assert!(text.contains("keyway_test_early_seconds_count 1"), "{text}");
+    }
+
+    #[test]
     fn a_thread_owns_its_slot_until_it_ends() {
         let (index, freed) = std::thread::spawn(|| {
             claim_thread_slot();
@@ -376,7 +401,7 @@ mod tests {
     #[test]
     fn histogram_samples_are_held_per_thread_until_a_batch_fills_or_a_sync() {
         // A private instance: a sync from a test running alongside cannot touch it.
-        let h = ShardedHistogram::new(metrics::Histogram::noop());
+        let h = ShardedHistogram::new(key("keyway_test_private_seconds", &[]));
         let held = || {
             h.slots
                 .iter()
