@@ -172,26 +172,9 @@ impl std::ops::Deref for Held {
 mod tests {
     use super::*;
 
-    const CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-[auth]
-allow_unauthenticated = true
-[[provider]]
-id = "openai"
-kind = "openai"
-base_url = "http://127.0.0.1:9/v1"
-models = ["gpt-4o"]
-[[provider.connection]]
-id = "main"
-keys = ["env:KEYWAY_RUNTIME_TEST_KEY"]
-"#;
-
     fn runtime() -> Runtime {
-        std::env::set_var("KEYWAY_RUNTIME_TEST_KEY", "sk-runtime-test");
-        let config = crate::config::parse(std::path::Path::new("keyway.toml"), CONFIG).unwrap();
         Runtime::new(
-            Arc::new(config),
+            Arc::new(crate::policy::tests::config()),
             Arc::new(crate::quota::ManualClock::new(0)),
         )
         .unwrap()

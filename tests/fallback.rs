@@ -159,9 +159,17 @@ fn route(req) { routes::resolve(req.model) }
 "#;
 
 async fn two_provider_proxy(mock: &MockUpstream, clock: Arc<ManualClock>) -> TestProxy {
+    two_provider_proxy_with(mock, clock, FALLBACK_POLICY).await
+}
+
+async fn two_provider_proxy_with(
+    mock: &MockUpstream,
+    clock: Arc<ManualClock>,
+    policy: &str,
+) -> TestProxy {
     TestProxy::builder()
         .clock(clock)
-        .policy(FALLBACK_POLICY)
+        .policy(policy)
         .provider(
             "openai",
             "openai",
@@ -328,10 +336,10 @@ async fn a_scripted_on_outcome_reads_response_headers_and_the_attempt() {
     // native default, which returns the degraded answer).
     let mock = MockUpstream::start().await;
     mock.push_for_key("sk-primary", Reply::ok().header("x-degraded", "yes"));
-    let proxy = TestProxy::builder()
-        .clock(clock())
-        .policy(
-            r#"
+    let proxy = two_provider_proxy_with(
+        &mock,
+        clock(),
+        r#"
 fn init() { #{ routes: [ #{ model: "gpt-4o", targets: ["openai/gpt-4o", "backup/gpt-4o-mini"] } ] } }
 fn route(req) { routes::resolve(req.model) }
 fn on_outcome(req, attempt, outcome) {
@@ -347,23 +355,8 @@ fn on_outcome(req, attempt, outcome) {
     }
 }
 "#,
-        )
-        .provider(
-            "openai",
-            "openai",
-            &mock.base_url(),
-            &["gpt-4o"],
-            &["sk-primary"],
-        )
-        .provider(
-            "backup",
-            "openai-compatible",
-            &mock.base_url(),
-            &[],
-            &["sk-backup"],
-        )
-        .start()
-        .await;
+    )
+    .await;
     let resp = send(&proxy, "gpt-4o").await;
     assert_eq!(resp.status(), 200);
     let t = trace(&resp);

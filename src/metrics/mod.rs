@@ -1,6 +1,8 @@
 //! Metric names in one place, their descriptions, and the Prometheus recorder. All names
 //! are prefixed `keyway_`. Labels never carry secrets (keys appear as configured key ids)
 //! or unbounded client input (model names outside the config are reported as `other`).
+//! The metrics the request path updates are kept per serving thread ([`sharded`]) and
+//! summed into the recorder by [`render`].
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-mod sharded;
+pub mod sharded;
 pub use sharded::{claim_thread_slot, counter, gauge, histogram};
 
 /// Client requests, by `endpoint`, `model`, `status`.
@@ -107,7 +109,7 @@ pub const ENDPOINTS: [&str; 6] = [
 
 static REQUEST: OnceLock<RequestHandles> = OnceLock::new();
 
-/// The per-request handles. Call [`install`] first, or they record nowhere.
+/// The per-request handles (per-thread slots: see [`sharded`]).
 pub fn request() -> &'static RequestHandles {
     REQUEST.get_or_init(|| RequestHandles {
         in_flight: gauge(IN_FLIGHT, &[]),
@@ -140,7 +142,7 @@ pub fn install() -> PrometheusHandle {
                 );
             }
             describe();
-            // Register the per-request handles against this recorder.
+            // The per-request handles exist from the start (shown at zero).
             let _ = request();
             handle
         })

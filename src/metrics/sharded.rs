@@ -216,19 +216,22 @@ impl ShardedHistogram {
         }
     }
 
-    fn flush(&self, batch: &mut Vec<f64>) {
-        if batch.is_empty() {
-            return;
-        }
-        let sink = metrics::with_recorder(|r| r.register_histogram(&self.key, &METADATA));
+    fn sink(&self) -> metrics::Histogram {
+        metrics::with_recorder(|r| r.register_histogram(&self.key, &METADATA))
+    }
+
+    fn flush(sink: &metrics::Histogram, batch: &mut Vec<f64>) {
         for v in batch.drain(..) {
             sink.record(v);
         }
     }
 
+    /// Hands every thread's held samples over (and names the histogram to the exporter,
+    /// so that it is shown before its first sample).
     fn flush_all(&self) {
+        let sink = self.sink();
         for slot in &self.slots {
-            self.flush(&mut slot.0.lock().unwrap_or_else(|p| p.into_inner()));
+            Self::flush(&sink, &mut slot.0.lock().unwrap_or_else(|p| p.into_inner()));
         }
     }
 }
@@ -242,7 +245,7 @@ impl HistogramFn for ShardedHistogram {
         }
         batch.push(value);
         if batch.len() >= BATCH {
-            self.flush(&mut batch);
+            Self::flush(&self.sink(), &mut batch);
         }
     }
 }

@@ -20,10 +20,10 @@ pub mod views;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use crate::outcome::Outcome;
 use rhai::{Dynamic, Engine, EvalAltResult, FuncArgs, Map, Scope, AST};
 
 use crate::config::{Config, OnError, PolicyConfig};
+use crate::outcome::Outcome;
 use crate::quota::QuotaState;
 use crate::routing::{Candidate, RouteTable, Router, TargetSpec};
 
@@ -662,4 +662,4 @@ fn candidates(value: Dynamic) -> Result<Vec<Candidate>, String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -32,7 +32,8 @@ id = "main"
 keys = ["env:KEYWAY_POLICY_TEST_KEY"]
 "#;
 
-fn config() -> Config {
+/// A two-provider config for unit tests (also the runtime's).
+pub(crate) fn config() -> Config {
     std::env::set_var("KEYWAY_POLICY_TEST_KEY", "sk-policy-test");
     config::parse(Path::new("keyway.toml"), CONFIG).unwrap()
 }
