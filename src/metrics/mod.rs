@@ -11,7 +11,7 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub mod sharded;
-pub use sharded::{claim_thread_slot, counter, gauge, histogram};
+pub use sharded::{claim_thread_slot, counter, gauge, histogram, ThreadSum};
 
 /// Client requests, by `endpoint`, `model`, `status`.
 pub const REQUESTS: &str = "keyway_requests_total";

@@ -118,30 +118,53 @@ impl Atomic for AtomicI64 {
     }
 }
 
-/// A counter kept per thread and summed into the exporter's counter.
-pub struct ShardedCounter {
+/// A count that every serving thread adds to in a slot of its own, summed when read.
+pub struct ThreadSum {
     slots: Box<[Slot<AtomicU64>]>,
-    key: Key,
 }
 
-impl ShardedCounter {
-    fn new(key: Key) -> Self {
+impl Default for ThreadSum {
+    fn default() -> Self {
         Self {
             slots: (0..slots()).map(|_| Slot::default()).collect(),
-            key,
         }
     }
+}
 
-    fn sum(&self) -> u64 {
+impl ThreadSum {
+    pub fn add(&self, value: u64) {
+        add(&self.slots, value);
+    }
+
+    pub fn sum(&self) -> u64 {
         self.slots
             .iter()
             .fold(0u64, |s, v| s.wrapping_add(v.0.load(Ordering::Relaxed)))
     }
 }
 
+/// A counter kept per thread and summed into the exporter's counter.
+pub struct ShardedCounter {
+    count: ThreadSum,
+    key: Key,
+}
+
+impl ShardedCounter {
+    fn new(key: Key) -> Self {
+        Self {
+            count: ThreadSum::default(),
+            key,
+        }
+    }
+
+    fn sum(&self) -> u64 {
+        self.count.sum()
+    }
+}
+
 impl CounterFn for ShardedCounter {
     fn increment(&self, value: u64) {
-        add(&self.slots, value);
+        self.count.add(value);
     }
 
     /// Raises the total to `value` if it is below (a counter never goes back).

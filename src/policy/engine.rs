@@ -30,8 +30,8 @@ thread_local! {
 pub struct DeadlineGuard;
 
 impl DeadlineGuard {
-    pub fn set(timeout: Duration) -> Self {
-        DEADLINE.with(|d| d.set(Some(Instant::now() + timeout)));
+    pub fn set(deadline: Instant) -> Self {
+        DEADLINE.with(|d| d.set(Some(deadline)));
         DeadlineGuard
     }
 }

@@ -100,7 +100,7 @@ struct HookMetrics {
     /// Hook decisions made by an elided hook's native function, by hook.
     native: [metrics::Counter; 4],
     /// Script calls made, all hooks (a deterministic count for tests and budgets).
-    script_calls: std::sync::atomic::AtomicU64,
+    script_calls: crate::metrics::ThreadSum,
 }
 
 const HOOK_NAMES: [&str; 4] = ["init", "route", "select_key", "on_outcome"];
@@ -125,7 +125,7 @@ impl HookMetrics {
                     &[("hook", hook), ("mode", "native")],
                 )
             }),
-            script_calls: std::sync::atomic::AtomicU64::new(0),
+            script_calls: crate::metrics::ThreadSum::default(),
         }
     }
 
@@ -309,17 +309,13 @@ impl Policy {
 
     /// Script calls made so far by this policy (every hook), for budgets in tests.
     pub fn script_calls(&self) -> u64 {
-        self.hook_metrics
-            .script_calls
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.hook_metrics.script_calls.sum()
     }
 
     fn call(&self, hook: &'static str, args: impl FuncArgs) -> Result<Dynamic, PolicyError> {
-        self.hook_metrics
-            .script_calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.hook_metrics.script_calls.add(1);
         let started = std::time::Instant::now();
-        let _deadline = engine::DeadlineGuard::set(self.settings.call_timeout);
+        let _deadline = engine::DeadlineGuard::set(started + self.settings.call_timeout);
         let mut scope = Scope::new();
         let options = rhai::CallFnOptions::new()
             .eval_ast(false)
