@@ -298,37 +298,37 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
     Key::from_parts(name, labels)
 }
 
+/// The one metric for `key` in `map`, made by `make` the first time it is named.
+fn one<T>(map: &mut HashMap<Key, Arc<T>>, key: Key, make: fn(Key) -> T) -> Arc<T> {
+    map.entry(key)
+        .or_insert_with_key(|key| Arc::new(make(key.clone())))
+        .clone()
+}
+
 /// The counter `name{labels}`: the same one for every caller in this process.
 pub fn counter(name: &'static str, labels: &[(&'static str, &str)]) -> metrics::Counter {
-    let key = key(name, labels);
-    let mut reg = registry();
-    let c = reg
-        .counters
-        .entry(key)
-        .or_insert_with_key(|key| Arc::new(ShardedCounter::new(key.clone())));
-    metrics::Counter::from_arc(c.clone())
+    let c = one(
+        &mut registry().counters,
+        key(name, labels),
+        ShardedCounter::new,
+    );
+    metrics::Counter::from_arc(c)
 }
 
 /// The gauge `name{labels}`: the same one for every caller in this process.
 pub fn gauge(name: &'static str, labels: &[(&'static str, &str)]) -> metrics::Gauge {
-    let key = key(name, labels);
-    let mut reg = registry();
-    let g = reg
-        .gauges
-        .entry(key)
-        .or_insert_with_key(|key| Arc::new(ShardedGauge::new(key.clone())));
-    metrics::Gauge::from_arc(g.clone())
+    let g = one(&mut registry().gauges, key(name, labels), ShardedGauge::new);
+    metrics::Gauge::from_arc(g)
 }
 
 /// The histogram `name{labels}`: the same one for every caller in this process.
 pub fn histogram(name: &'static str, labels: &[(&'static str, &str)]) -> metrics::Histogram {
-    let key = key(name, labels);
-    let mut reg = registry();
-    let h = reg
-        .histograms
-        .entry(key)
-        .or_insert_with_key(|key| Arc::new(ShardedHistogram::new(key.clone())));
-    metrics::Histogram::from_arc(h.clone())
+    let h = one(
+        &mut registry().histograms,
+        key(name, labels),
+        ShardedHistogram::new,
+    );
+    metrics::Histogram::from_arc(h)
 }
 
 /// Writes every sharded metric's total, and every held sample, into the exporter (before
