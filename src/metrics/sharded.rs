@@ -15,7 +15,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use metrics::{CounterFn, GaugeFn, HistogramFn, Key, Label, Level, Metadata};
@@ -75,49 +75,6 @@ pub fn claim_thread_slot() {
     CLAIM.set(Some(Claim(index)));
 }
 
-/// Adds `delta` to this thread's slot in `slots`.
-fn add<T: Atomic>(slots: &[Slot<T>], delta: T::Value) {
-    let (own, shared) = (SLOT.get(), slots.len() - 1);
-    if own < shared {
-        // Only this thread writes its slot.
-        slots[own].0.add_owned(delta);
-    } else {
-        slots[shared].0.add_shared(delta);
-    }
-}
-
-trait Atomic {
-    type Value;
-    fn add_owned(&self, delta: Self::Value);
-    fn add_shared(&self, delta: Self::Value);
-}
-
-impl Atomic for AtomicU64 {
-    type Value = u64;
-    fn add_owned(&self, delta: u64) {
-        self.store(
-            self.load(Ordering::Relaxed).wrapping_add(delta),
-            Ordering::Relaxed,
-        );
-    }
-    fn add_shared(&self, delta: u64) {
-        self.fetch_add(delta, Ordering::Relaxed);
-    }
-}
-
-impl Atomic for AtomicI64 {
-    type Value = i64;
-    fn add_owned(&self, delta: i64) {
-        self.store(
-            self.load(Ordering::Relaxed).wrapping_add(delta),
-            Ordering::Relaxed,
-        );
-    }
-    fn add_shared(&self, delta: i64) {
-        self.fetch_add(delta, Ordering::Relaxed);
-    }
-}
-
 /// A count that every serving thread adds to in a slot of its own, summed when read.
 pub struct ThreadSum {
     slots: Box<[Slot<AtomicU64>]>,
@@ -133,7 +90,17 @@ impl Default for ThreadSum {
 
 impl ThreadSum {
     pub fn add(&self, value: u64) {
-        add(&self.slots, value);
+        let (own, shared) = (SLOT.get(), self.slots.len() - 1);
+        if own < shared {
+            // Only this thread writes its slot: no read-modify-write needed.
+            let slot = &self.slots[own].0;
+            slot.store(
+                slot.load(Ordering::Relaxed).wrapping_add(value),
+                Ordering::Relaxed,
+            );
+        } else {
+            self.slots[shared].0.fetch_add(value, Ordering::Relaxed);
+        }
     }
 
     pub fn sum(&self) -> u64 {
@@ -178,8 +145,9 @@ impl CounterFn for ShardedCounter {
 
 /// A gauge kept as per-thread deltas and summed into the exporter's gauge.
 pub struct ShardedGauge {
-    /// Milli-units, so that fractional updates add exactly.
-    slots: Box<[Slot<AtomicI64>]>,
+    /// Milli-units, so that fractional updates add exactly; signed deltas added in two's
+    /// complement (the sum, read as `i64`, is the value).
+    milli: ThreadSum,
     key: Key,
 }
 
@@ -188,21 +156,17 @@ const GAUGE_SCALE: f64 = 1000.0;
 impl ShardedGauge {
     fn new(key: Key) -> Self {
         Self {
-            slots: (0..slots()).map(|_| Slot::default()).collect(),
+            milli: ThreadSum::default(),
             key,
         }
     }
 
     fn add(&self, delta: f64) {
-        add(&self.slots, (delta * GAUGE_SCALE).round() as i64);
+        self.milli.add((delta * GAUGE_SCALE).round() as i64 as u64);
     }
 
     fn value(&self) -> f64 {
-        let milli = self
-            .slots
-            .iter()
-            .fold(0i64, |s, v| s.wrapping_add(v.0.load(Ordering::Relaxed)));
-        milli as f64 / GAUGE_SCALE
+        self.milli.sum() as i64 as f64 / GAUGE_SCALE
     }
 }
 
