@@ -66,6 +66,75 @@ async fn a_silent_connection_after_the_tls_handshake_is_closed() {
     assert_closed_by_server(tls, "silent after TLS").await;
 }
 
+/// One request over a raw HTTP/1.1 keep-alive connection; its answer read to the end.
+async fn served_keep_alive(addr: std::net::SocketAddr) -> TcpStream {
+    use tokio::io::AsyncReadExt;
+    let body = chat("gpt-4o").to_string();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: keyway\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The mock's answer is small JSON: read until its closing brace.
+    while !got.ends_with(b"}") {
+        let n = tokio::time::timeout(BOUND, s.read(&mut buf))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(n > 0, "closed before the answer ended");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    s
+}
+
+// `idle` is far beyond BOUND here: only `request_header` can close these.
+#[tokio::test]
+async fn a_kept_alive_h1_connection_that_goes_silent_is_closed_at_request_header() {
+    let mock = MockUpstream::start().await;
+    let proxy = proxy(&mock, |b| {
+        b.timeout("request_header", "300ms").timeout("idle", "600s")
+    })
+    .await;
+    let s = served_keep_alive(proxy.addr).await;
+    assert_closed_by_server(s, "silent after a served request").await;
+}
+
+#[tokio::test]
+async fn a_kept_alive_h1_connection_that_trickles_its_next_head_is_closed() {
+    let mock = MockUpstream::start().await;
+    let proxy = proxy(&mock, |b| {
+        b.timeout("request_header", "300ms").timeout("idle", "600s")
+    })
+    .await;
+    let mut s = served_keep_alive(proxy.addr).await;
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: keyway\r\n")
+        .await
+        .unwrap();
+    // A header line now and then, never the blank line that ends the head.
+    let trickle = async {
+        for i in 0.. {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if s.write_all(format!("X-Slow-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    };
+    assert!(
+        tokio::time::timeout(BOUND, trickle).await.is_ok(),
+        "a trickled head kept the connection open for {BOUND:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_idle_h2_connection_that_answers_pings_is_closed() {
     let mock = MockUpstream::start().await;

@@ -50,9 +50,11 @@ pub struct ConnSettings {
     pub max_connections: usize,
     /// TLS handshake deadline, from accept.
     pub tls_handshake: Duration,
-    /// From accept to the first request's headers (covers h1/h2 detection and the preface).
+    /// From accept to the first request's headers (covers h1/h2 detection and the preface);
+    /// on HTTP/1.1 also from the end of one request to the next one's headers.
     pub first_request: Duration,
-    /// With no request in flight, after the last one ended.
+    /// With no request in flight, after the last one ended (HTTP/1.1: at most
+    /// `first_request`).
     pub idle: Duration,
     /// Request line + headers (h1) or header list (h2), in bytes: 431 beyond.
     pub max_header_bytes: usize,
@@ -86,12 +88,18 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// The hyper builder for `settings`: h1 and h2 on one port, header limits and timers set.
+///
+/// hyper's own h1 header-read timeout is off: it arms a timer (an allocation and two
+/// timer-wheel updates) for every request head. The connection's driver bounds the same
+/// phase with its one lazy deadline instead ([`ConnState::deadline`]): `first_request` from
+/// the accept, and on HTTP/1.1 `first_request` from the end of each request, whether the
+/// next head has not started or is trickling in.
 pub fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.first_request)
+        .header_read_timeout(None)
         // hyper answers 431 when the request head does not fit the read buffer.
         .max_buf_size(settings.max_header_bytes)
         .keep_alive(true);
@@ -118,8 +126,12 @@ struct ConnState {
     /// the driver notices when the timer fires, so only a deadline *earlier* than the
     /// armed one (or none armed) needs `became_idle`.
     armed_ms: AtomicU64,
-    /// `settings.idle` in milliseconds.
-    idle_ms: u64,
+    /// How long the connection may sit with no request in flight, in milliseconds:
+    /// `settings.idle`, capped at `settings.first_request` once it is known to be HTTP/1
+    /// (there it also bounds the wait for the next request's headers).
+    idle_ms: AtomicU64,
+    /// `idle_ms` for an HTTP/1 connection.
+    h1_idle_ms: u64,
     became_idle: Notify,
     evict: Notify,
 }
@@ -127,7 +139,7 @@ struct ConnState {
 const DISARMED: u64 = u64::MAX;
 
 impl ConnState {
-    fn new(idle: Duration) -> Self {
+    fn new(s: &ConnSettings) -> Self {
         Self {
             opened: Instant::now(),
             in_flight: AtomicU32::new(0),
@@ -135,7 +147,8 @@ impl ConnState {
             served: AtomicBool::new(false),
             evicting: AtomicBool::new(false),
             armed_ms: AtomicU64::new(DISARMED),
-            idle_ms: idle.as_millis() as u64,
+            idle_ms: AtomicU64::new(s.idle.as_millis() as u64),
+            h1_idle_ms: s.idle.min(s.first_request).as_millis() as u64,
             became_idle: Notify::new(),
             evict: Notify::new(),
         }
@@ -145,10 +158,14 @@ impl ConnState {
         t.saturating_duration_since(self.opened).as_millis() as u64
     }
 
-    fn begin(self: &Arc<Self>) -> InFlight {
+    /// A request (of HTTP `version`) was handed over.
+    fn begin(self: &Arc<Self>, version: http::Version) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         if !self.served.load(Ordering::Relaxed) {
             self.served.store(true, Ordering::Relaxed);
+            if version < http::Version::HTTP_2 {
+                self.idle_ms.store(self.h1_idle_ms, Ordering::Relaxed);
+            }
         }
         InFlight(self.clone())
     }
@@ -159,7 +176,9 @@ impl ConnState {
             return None;
         }
         Some(if self.served.load(Ordering::Relaxed) {
-            self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire)) + s.idle
+            let idle_ms = self.idle_ms.load(Ordering::Relaxed);
+            self.opened
+                + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire) + idle_ms)
         } else {
             self.opened + s.first_request
         })
@@ -184,7 +203,8 @@ impl Drop for InFlight {
         // SeqCst with the driver's store of `armed_ms` and load of `in_flight`: either it
         // sees this request gone and arms for the new deadline, or this sees it disarmed.
         if s.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
-            && s.armed_ms.load(Ordering::SeqCst) > ms.saturating_add(s.idle_ms)
+            && s.armed_ms.load(Ordering::SeqCst)
+                > ms.saturating_add(s.idle_ms.load(Ordering::Relaxed))
         {
             s.became_idle.notify_one();
         }
@@ -296,7 +316,7 @@ impl Connections {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(ConnState::new(self.settings.idle));
+        let state = Arc::new(ConnState::new(&self.settings));
         live.insert(id, state.clone());
         metrics::gauge!(m::CONNECTIONS, "listener" => self.name).set(live.len() as f64);
         Some(Admitted {
@@ -422,7 +442,7 @@ impl Connections {
         let state = admitted.state.clone();
         let svc_state = state.clone();
         let svc = service_fn(move |req| {
-            let in_flight = svc_state.begin();
+            let in_flight = svc_state.begin(req.version());
             let handler = handler.clone();
             async move {
                 let resp = handler.handle(req, peer).await;
