@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod digest;
 pub mod format;
 pub mod keys;

@@ -205,6 +205,45 @@ async fn unreachable_upstream_is_502_naming_the_provider() {
     );
 }
 
+/// An upstream connection keeps one head timer across its requests (armed by the first):
+/// a later request on it that gets no head is still cut at its own deadline, and the next
+/// request goes out on a fresh connection.
+#[tokio::test]
+async fn a_reused_upstream_connection_without_headers_in_time_is_504() {
+    let mock = MockUpstream::start().await;
+    mock.push(Reply::ok()).push(Reply::hang()).push(Reply::ok());
+    // One serving thread: one pool shard, whichever client connection a request comes on.
+    let proxy = TestProxy::builder()
+        .client("dev", CLIENT_KEY)
+        .server("workers", "1")
+        .timeout("upstream_headers", "500ms")
+        .provider("openai", "openai", &mock.base_url(), &["gpt-4o"], &["sk-a"])
+        .start()
+        .await;
+    let send = || {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            proxy
+                .post("/v1/chat/completions")
+                .json(&chat("gpt-4o"))
+                .send(),
+        )
+    };
+    let first = send().await.unwrap().unwrap();
+    assert_eq!(first.status(), 200);
+    first.bytes().await.unwrap();
+    let m = openai_error(send().await.unwrap().unwrap(), 504, "upstream_timeout").await;
+    assert!(m.contains("500ms"), "{m}");
+    assert_eq!(
+        mock.connections(),
+        1,
+        "the second request was not on the first's connection"
+    );
+    let third = send().await.unwrap().unwrap();
+    assert_eq!(third.status(), 200);
+    assert_eq!(mock.connections(), 2);
+}
+
 #[tokio::test]
 async fn upstream_without_headers_in_time_is_504() {
     let mock = MockUpstream::start().await;

@@ -3,7 +3,6 @@
 //! upstream breaks mid-stream the client gets a clean terminal event in its own dialect
 //! instead of half an event.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -15,9 +14,10 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use memchr::memmem;
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::error::error_json;
+use crate::deadline::LazyTimer;
 use crate::format::Dialect;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -58,7 +58,12 @@ pin_project! {
         #[pin]
         inner: UpstreamBody,
         idle: Duration,
-        sleep: Pin<Box<Sleep>>,
+        // When the current wait for the upstream began (`None`: not waiting since the last
+        // frame), and the timer that bounds it: made on the first wait and moved only when
+        // it fires early, so a frame costs no timer update and a body that never waits (a
+        // buffered JSON answer) no timer at all.
+        waiting_since: Option<Instant>,
+        sleep: LazyTimer,
         provider: String,
         sse: Option<SseFraming>,
         // The first data frame, read before the response was committed.
@@ -81,12 +86,25 @@ impl RelayBody {
             first,
             inner,
             idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            waiting_since: None,
+            sleep: None,
             provider,
             sse,
             done: false,
         }
     }
+}
+
+/// Whether the upstream, pending now, has been silent for `idle` since the wait began (the
+/// first call of a wait notes its start).
+fn idle_elapsed(
+    sleep: &mut LazyTimer,
+    waiting_since: &mut Option<Instant>,
+    idle: Duration,
+    cx: &mut Context<'_>,
+) -> bool {
+    let deadline = *waiting_since.get_or_insert_with(Instant::now) + idle;
+    crate::deadline::passed(sleep, deadline, cx)
 }
 
 impl Body for RelayBody {
@@ -134,8 +152,7 @@ impl Body for RelayBody {
             }
             failure = Some(match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let deadline = Instant::now() + *this.idle;
-                    this.sleep.as_mut().reset(deadline);
+                    *this.waiting_since = None;
                     let frame = match frame.into_data() {
                         Ok(data) => data,
                         Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
@@ -171,13 +188,15 @@ impl Body for RelayBody {
                     provider: this.provider.clone(),
                     reason: e.to_string(),
                 },
-                Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => RelayError::Idle {
+                Poll::Pending => {
+                    if !idle_elapsed(this.sleep, this.waiting_since, *this.idle, cx) {
+                        return Poll::Pending;
+                    }
+                    RelayError::Idle {
                         provider: this.provider.clone(),
                         idle: *this.idle,
-                    },
-                    Poll::Pending => return Poll::Pending,
-                },
+                    }
+                }
             });
         }
     }
@@ -421,6 +440,37 @@ mod tests {
             f.push_ok(Bytes::from_static(b"data: x\r\n\r\n")).as_ref(),
             &b"data: x\r\n\r\n"[..]
         );
+    }
+
+    /// The idle bound runs from the start of the current wait, however long earlier waits
+    /// and frames took: the lazily armed timer firing early is moved, not obeyed.
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_bound_restarts_with_every_wait() {
+        struct Wait(LazyTimer, Option<Instant>);
+        impl Wait {
+            async fn elapsed(&mut self) -> bool {
+                let idle = Duration::from_millis(1000);
+                std::future::poll_fn(|cx| {
+                    Poll::Ready(idle_elapsed(&mut self.0, &mut self.1, idle, cx))
+                })
+                .await
+            }
+        }
+        let ms = |n| tokio::time::advance(Duration::from_millis(n));
+        let mut w = Wait(None, None);
+        assert!(!w.elapsed().await, "a wait that just began");
+        ms(600).await;
+        assert!(!w.elapsed().await);
+        // A frame: the next wait starts afresh.
+        w.1 = None;
+        assert!(!w.elapsed().await);
+        // 1,300 ms since the first wait began (the armed timer has fired), 700 ms into this one.
+        ms(700).await;
+        assert!(!w.elapsed().await, "cut 700 ms into a wait");
+        ms(299).await;
+        assert!(!w.elapsed().await, "cut 999 ms into a wait");
+        ms(1).await;
+        assert!(w.elapsed().await, "not cut after a whole idle period");
     }
 
     #[test]

@@ -70,10 +70,10 @@ impl Upstream {
         req: Request<Full<Bytes>>,
         headers_timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        match tokio::time::timeout(headers_timeout, self.pool.send(req)).await {
-            Err(_) => Err(UpstreamError::HeadersTimeout(headers_timeout)),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(UpstreamError::Network(describe(&e))),
+        match self.pool.send(req, headers_timeout).await {
+            Ok(resp) => Ok(resp),
+            Err(pool::SendError::TimedOut) => Err(UpstreamError::HeadersTimeout(headers_timeout)),
+            Err(e) => Err(UpstreamError::Network(describe(&e))),
         }
     }
 }
@@ -84,6 +84,7 @@ fn describe(e: &pool::SendError) -> String {
         pool::SendError::Connect(e) => ("connect failed: ".into(), Some(e.as_ref())),
         pool::SendError::Request(e) => ("request failed: ".into(), Some(e)),
         pool::SendError::NoOrigin => ("request has no upstream origin".into(), None),
+        pool::SendError::TimedOut => ("no response head in time".into(), None),
     };
     if let Some(first) = first {
         msg.push_str(&first.to_string());

@@ -14,10 +14,11 @@
 //! dead before the request was written.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,6 +31,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
+
+use crate::deadline::LazyTimer;
 
 type Sender = SendRequest<Full<Bytes>>;
 type Origin = (Scheme, Authority);
@@ -50,10 +53,29 @@ pub enum SendError {
     Request(hyper::Error),
     /// The request has no scheme or authority (a bug: requests are built from config).
     NoOrigin,
+    /// No response head by the deadline.
+    TimedOut,
+}
+
+/// An upstream connection: its sender and the timer that bounds each wait for a response
+/// head on it, kept armed between requests (see [`crate::deadline`]).
+struct Conn {
+    sender: Sender,
+    timer: LazyTimer,
+}
+
+impl Conn {
+    /// Back to the pool: the timer keeps no waker of the request's task (it may end while
+    /// the connection waits here, and a waker keeps its memory).
+    fn park(&mut self) {
+        if let Some(sleep) = self.timer.as_mut() {
+            let _ = sleep.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        }
+    }
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -73,10 +95,11 @@ impl Shard {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn checkin(&self, origin: Origin, sender: Sender) {
-        if sender.is_closed() {
+    fn checkin(&self, origin: Origin, mut conn: Conn) {
+        if conn.sender.is_closed() {
             return;
         }
+        conn.park();
         let mut shard = self.lock();
         let at = match shard.iter().position(|(o, _)| *o == origin) {
             Some(at) => at,
@@ -88,7 +111,7 @@ impl Shard {
         let idle = &mut shard[at].1;
         if idle.len() < MAX_IDLE_PER_ORIGIN {
             idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -133,11 +156,14 @@ impl Pool {
         &self.shards[i % self.shards.len()]
     }
 
-    /// Sends `req` (absolute URI) on a pooled connection to its origin, or a new one.
+    /// Sends `req` (absolute URI) on a pooled connection to its origin, or a new one, and
+    /// waits at most `limit` for the response head (connecting included).
     pub async fn send(
         self: &Arc<Self>,
         req: Request<Full<Bytes>>,
+        limit: Duration,
     ) -> Result<Response<PooledBody>, SendError> {
+        let deadline = tokio::time::Instant::now() + limit;
         let (mut parts, body) = req.into_parts();
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
         let origin = match (uri.scheme.take(), uri.authority.take()) {
@@ -152,17 +178,45 @@ impl Pool {
         // connection. A fresh connection's failure is final.
         loop {
             let shard = self.shard();
-            let (mut sender, reused) = match self.checkout(shard, &origin) {
-                Some(s) => (s, true),
+            let (mut conn, reused) = match self.checkout(shard, &origin) {
+                Some(c) => (c, true),
                 // Boxed: connecting is rare, and its state would otherwise size (and be
                 // copied with) every request's future.
-                None => (Box::pin(self.connect(&origin)).await?, false),
+                None => {
+                    let connecting = Box::pin(self.connect(&origin));
+                    match tokio::time::timeout_at(deadline, connecting).await {
+                        Ok(sender) => (
+                            Conn {
+                                sender: sender?,
+                                timer: None,
+                            },
+                            false,
+                        ),
+                        Err(_) => return Err(SendError::TimedOut),
+                    }
+                }
             };
-            match sender.try_send_request(req).await {
+            let sent = {
+                let mut sending = std::pin::pin!(conn.sender.try_send_request(req));
+                let timer = &mut conn.timer;
+                std::future::poll_fn(|cx| match sending.as_mut().poll(cx) {
+                    Poll::Ready(r) => Poll::Ready(Some(r)),
+                    Poll::Pending if crate::deadline::passed(timer, deadline, cx) => {
+                        Poll::Ready(None)
+                    }
+                    Poll::Pending => Poll::Pending,
+                })
+                .await
+            };
+            // Timed out: the connection goes with the request (it cannot be reused).
+            let Some(sent) = sent else {
+                return Err(SendError::TimedOut);
+            };
+            match sent {
                 Ok(resp) => {
                     if resp.body().is_end_stream() {
                         // Nothing to read (204, `content-length: 0`): idle already.
-                        shard.checkin(origin, sender);
+                        shard.checkin(origin, conn);
                         return Ok(resp.map(|inner| PooledBody {
                             inner,
                             checkin: None,
@@ -171,7 +225,7 @@ impl Pool {
                     let checkin = Checkin {
                         shard: Arc::downgrade(shard),
                         origin,
-                        sender,
+                        conn,
                     };
                     return Ok(resp.map(|inner| PooledBody {
                         inner,
@@ -188,16 +242,16 @@ impl Pool {
 
     /// The most recently used ready connection to `origin` in this thread's shard.
     /// Closed ones are dropped; ones still finishing their last response stay.
-    fn checkout(&self, shard: &Shard, origin: &Origin) -> Option<Sender> {
+    fn checkout(&self, shard: &Shard, origin: &Origin) -> Option<Conn> {
         let mut shard = shard.lock();
         let idle = &mut shard.iter_mut().find(|(o, _)| o == origin)?.1;
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
-            if idle[i].sender.is_closed() {
+            if idle[i].conn.sender.is_closed() {
                 idle.swap_remove(i);
-            } else if idle[i].sender.is_ready() {
-                return Some(idle.swap_remove(i).sender);
+            } else if idle[i].conn.sender.is_ready() {
+                return Some(idle.swap_remove(i).conn);
             }
         }
         None
@@ -248,7 +302,7 @@ impl Pool {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             shard.retain_mut(|(_, idle)| {
-                idle.retain(|c| !c.sender.is_closed() && now - c.since < IDLE_TIMEOUT);
+                idle.retain(|c| !c.conn.sender.is_closed() && now - c.since < IDLE_TIMEOUT);
                 !idle.is_empty()
             });
         }
@@ -271,7 +325,7 @@ struct Checkin {
     /// body to its end); gone with the pool.
     shard: Weak<Shard>,
     origin: Origin,
-    sender: Sender,
+    conn: Conn,
 }
 
 pin_project_lite::pin_project! {
@@ -288,7 +342,7 @@ impl PooledBody {
     fn done(self: Pin<&mut Self>) {
         if let Some(c) = self.project().checkin.take() {
             if let Some(shard) = c.shard.upgrade() {
-                shard.checkin(c.origin, c.sender);
+                shard.checkin(c.origin, c.conn);
             }
         }
     }
