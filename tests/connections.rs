@@ -94,14 +94,18 @@ async fn served_keep_alive(addr: std::net::SocketAddr) -> TcpStream {
     s
 }
 
-// `idle` is far beyond BOUND here: only `request_header` can close these.
+/// `idle` far beyond [`BOUND`]: only `request_header` can close its connections.
+async fn head_bound_proxy(mock: &MockUpstream) -> TestProxy {
+    proxy(mock, |b| {
+        b.timeout("request_header", "300ms").timeout("idle", "600s")
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_kept_alive_h1_connection_that_goes_silent_is_closed_at_request_header() {
     let mock = MockUpstream::start().await;
-    let proxy = proxy(&mock, |b| {
-        b.timeout("request_header", "300ms").timeout("idle", "600s")
-    })
-    .await;
+    let proxy = head_bound_proxy(&mock).await;
     let s = served_keep_alive(proxy.addr).await;
     assert_closed_by_server(s, "silent after a served request").await;
 }
@@ -109,10 +113,7 @@ async fn a_kept_alive_h1_connection_that_goes_silent_is_closed_at_request_header
 #[tokio::test]
 async fn a_kept_alive_h1_connection_that_trickles_its_next_head_is_closed() {
     let mock = MockUpstream::start().await;
-    let proxy = proxy(&mock, |b| {
-        b.timeout("request_header", "300ms").timeout("idle", "600s")
-    })
-    .await;
+    let proxy = head_bound_proxy(&mock).await;
     let mut s = served_keep_alive(proxy.addr).await;
     s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: keyway\r\n")
         .await

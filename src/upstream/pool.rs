@@ -11,7 +11,9 @@
 //! connector, so the same roots and connect timeout), origin-form request targets, idle
 //! eviction (a sweep every few seconds from a task that ends with the pool), a cap on idle
 //! connections per origin, and one retry on a fresh connection when a reused one turns out
-//! dead before the request was written.
+//! dead before the request was written. The deadline for a response head is kept on a
+//! timer per connection that stays armed between its requests ([`crate::deadline`]), not
+//! armed and disarmed per request.
 
 use std::cell::Cell;
 use std::future::Future;
