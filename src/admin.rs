@@ -203,6 +203,8 @@ impl Admin {
                 }
             }
         }
+        // Requests whose metrics a serving thread has not recorded yet are recorded now.
+        crate::proxy::metered::run_all_deferred();
         let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(
             &self.prometheus,
         ))));

@@ -3,8 +3,10 @@
 //! structured log line per request. Token counts come from `usage` in JSON bodies and in
 //! SSE events (OpenAI's final chunk, Anthropic's `message_start` / `message_delta`).
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -101,8 +103,8 @@ pin_project! {
             if let Some(c) = this.done.take() {
                 // hyper may drop a body it knows is complete without polling it to the end.
                 let complete = this.inner.is_end_stream();
-                take_json_usage(this.scan, this.prompt_tokens, this.completion_tokens);
-                finish(c, complete, *this.prompt_tokens, *this.completion_tokens);
+                let scan = std::mem::replace(this.scan, UsageScan::None);
+                finish(c, complete, scan, *this.prompt_tokens, *this.completion_tokens);
             }
         }
     }
@@ -154,14 +156,15 @@ impl Body for MeteredBody {
                 }
             }
             Poll::Ready(None) => {
-                take_json_usage(this.scan, this.prompt_tokens, this.completion_tokens);
                 if let Some(c) = this.done.take() {
-                    finish(c, true, *this.prompt_tokens, *this.completion_tokens);
+                    let scan = std::mem::replace(this.scan, UsageScan::None);
+                    finish(c, true, scan, *this.prompt_tokens, *this.completion_tokens);
                 }
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(c) = this.done.take() {
-                    finish(c, false, *this.prompt_tokens, *this.completion_tokens);
+                    let scan = std::mem::replace(this.scan, UsageScan::None);
+                    finish(c, false, scan, *this.prompt_tokens, *this.completion_tokens);
                 }
             }
             Poll::Pending => {}
@@ -388,19 +391,129 @@ mod handles {
     }
 }
 
-/// A response body ended or was dropped: release its gauges, then record it.
-fn finish(c: Completion, complete: bool, prompt: Option<u64>, completion: Option<u64>) {
+/// A response body ended or was dropped: release its gauges at once; its usage scan,
+/// metrics and log line follow (see [`Finished`]).
+fn finish(
+    c: Completion,
+    complete: bool,
+    scan: UsageScan,
+    prompt: Option<u64>,
+    completion: Option<u64>,
+) {
     let h = m::request();
     h.in_flight.decrement(1.0);
     if c.stream {
         h.open_streams.decrement(1.0);
     }
-    record(c, complete, prompt, completion);
+    let total = c.started.elapsed();
+    let finished = Finished {
+        c,
+        complete,
+        total,
+        scan,
+        prompt,
+        completion,
+    };
+    DEFERRED.with_borrow(|queue| match queue {
+        Some(queue) => {
+            let mut queue = lock(queue);
+            queue.push(finished);
+            if queue.len() >= DEFER_AT_MOST {
+                queue.drain(..).for_each(Finished::run);
+            }
+        }
+        None => finished.run(),
+    });
 }
 
-/// Metrics and the one log line of a finished request.
-pub fn record(c: Completion, complete: bool, prompt: Option<u64>, completion: Option<u64>) {
-    let total = c.started.elapsed();
+/// A finished request's remaining work: the scan of a JSON body for `usage`, its metrics
+/// and its log line. hyper drops a response's body before it flushes the response, so on
+/// a serving thread this work waits until the thread is about to go idle ([`run_deferred`],
+/// from the runtime's park hook), off the client's critical path; at most
+/// [`DEFER_AT_MOST`] wait at once, and a `/metrics` scrape runs every thread's first
+/// ([`run_all_deferred`]), so what it shows is never behind. The duration is taken when
+/// the body ends, not when this runs.
+struct Finished {
+    c: Completion,
+    complete: bool,
+    total: Duration,
+    scan: UsageScan,
+    prompt: Option<u64>,
+    completion: Option<u64>,
+}
+
+impl Finished {
+    fn run(mut self) {
+        take_json_usage(&mut self.scan, &mut self.prompt, &mut self.completion);
+        record(
+            self.c,
+            self.complete,
+            self.total,
+            self.prompt,
+            self.completion,
+        );
+    }
+}
+
+/// Finished requests a serving thread holds back at most before it does their work inline.
+const DEFER_AT_MOST: usize = 64;
+
+type Queue = Arc<Mutex<Vec<Finished>>>;
+
+/// Every deferring thread's queue, for [`run_all_deferred`].
+static QUEUES: Mutex<Vec<Queue>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// This thread's queue, if it defers (see [`defer_on_this_thread`]).
+    static DEFERRED: RefCell<Option<Queue>> = const { RefCell::new(None) };
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// From now on, this thread defers finished requests' work until [`run_deferred`]. Only
+/// for a thread whose runtime calls [`run_deferred`] before it parks and
+/// [`stop_deferring`] when it ends.
+pub fn defer_on_this_thread() {
+    let queue = Queue::default();
+    lock(&QUEUES).push(queue.clone());
+    DEFERRED.set(Some(queue));
+}
+
+/// Does the work this thread deferred (call when it is about to go idle).
+pub fn run_deferred() {
+    DEFERRED.with_borrow(|queue| {
+        if let Some(queue) = queue {
+            lock(queue).drain(..).for_each(Finished::run);
+        }
+    });
+}
+
+/// Does every thread's deferred work (before a metrics scrape).
+pub fn run_all_deferred() {
+    let queues = lock(&QUEUES).clone();
+    for queue in queues {
+        lock(&queue).drain(..).for_each(Finished::run);
+    }
+}
+
+/// This thread stops deferring, after doing what it deferred (its runtime has ended).
+pub fn stop_deferring() {
+    if let Some(queue) = DEFERRED.take() {
+        lock(&queue).drain(..).for_each(Finished::run);
+        lock(&QUEUES).retain(|q| !Arc::ptr_eq(q, &queue));
+    }
+}
+
+/// Metrics and the one log line of a finished request that took `total`.
+pub fn record(
+    c: Completion,
+    complete: bool,
+    total: Duration,
+    prompt: Option<u64>,
+    completion: Option<u64>,
+) {
     let h = m::request();
     handles::count_request(c.endpoint, &c.model_label, c.status);
     let endpoint = m::ENDPOINTS
@@ -470,6 +583,62 @@ pub fn record(c: Completion, complete: bool, prompt: Option<u64>, completion: Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn completion() -> Completion {
+        Completion {
+            id: super::super::RequestId::new(),
+            client: "c".into(),
+            model: "m".into(),
+            model_label: "m".into(),
+            endpoint: "chat",
+            method: http::Method::POST,
+            uri: http::Uri::from_static("/v1/chat/completions"),
+            status: 200,
+            attempts: Vec::new(),
+            started: Instant::now(),
+            headers_after: Duration::ZERO,
+            served: None,
+            stream: false,
+        }
+    }
+
+    fn done() {
+        finish(completion(), true, UsageScan::None, None, None);
+    }
+
+    fn queued() -> usize {
+        DEFERRED.with_borrow(|q| q.as_ref().map_or(0, |q| lock(q).len()))
+    }
+
+    #[test]
+    fn a_serving_thread_defers_finished_requests_until_idle_a_scrape_or_the_bound() {
+        std::thread::spawn(|| {
+            done();
+            assert_eq!(queued(), 0, "a thread that does not defer records at once");
+            defer_on_this_thread();
+            done();
+            assert_eq!(queued(), 1);
+            run_deferred();
+            assert_eq!(queued(), 0, "going idle");
+            for _ in 1..DEFER_AT_MOST {
+                done();
+            }
+            assert_eq!(queued(), DEFER_AT_MOST - 1);
+            done();
+            assert_eq!(queued(), 0, "the bound");
+            done();
+            // A scrape, from any thread.
+            std::thread::spawn(run_all_deferred).join().unwrap();
+            assert_eq!(queued(), 0, "a scrape");
+            done();
+            let queue = DEFERRED.with_borrow(|q| q.clone()).unwrap();
+            stop_deferring();
+            assert_eq!(lock(&queue).len(), 0, "the thread's end");
+            assert!(!lock(&QUEUES).iter().any(|q| Arc::ptr_eq(q, &queue)));
+        })
+        .join()
+        .unwrap();
+    }
 
     /// The counts `take_json_usage` reads from a whole JSON body.
     fn usage(body: &str) -> (Option<u64>, Option<u64>) {

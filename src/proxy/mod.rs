@@ -7,7 +7,7 @@ mod attempt;
 mod auth;
 pub mod body;
 pub mod error;
-mod metered;
+pub(crate) mod metered;
 mod models;
 pub mod request;
 pub mod stored;
@@ -83,7 +83,8 @@ impl Drop for Unanswered<'_> {
             attempts: std::mem::take(&mut log.attempts),
             id: log.id,
         };
-        metered::record(completion, false, None, None);
+        let total = self.started.elapsed();
+        metered::record(completion, false, total, None, None);
     }
 }
 

@@ -73,18 +73,28 @@ impl Workers {
                     }
                     let mut builder = tokio::runtime::Builder::new_current_thread();
                     builder.enable_all();
-                    if let Some(f) = hooks.on_park {
-                        builder.on_thread_park(f);
-                    }
+                    // A finished request's metrics and log line wait until the thread is
+                    // about to go idle: after its response has been flushed.
+                    crate::proxy::metered::defer_on_this_thread();
+                    let on_park = hooks.on_park;
+                    builder.on_thread_park(move || {
+                        crate::proxy::metered::run_deferred();
+                        if let Some(f) = on_park {
+                            f();
+                        }
+                    });
                     match builder.build() {
                         Ok(rt) => {
                             let _ = tx.send(Ok(rt.handle().clone()));
                             rt.block_on(stop.cancelled());
+                            // Requests dropped with the runtime finish into the queue too.
+                            drop(rt);
                         }
                         Err(e) => {
                             let _ = tx.send(Err(e));
                         }
                     }
+                    crate::proxy::metered::stop_deferring();
                 })?;
             let handle = rx.recv().map_err(|_| {
                 std::io::Error::other("a serving thread ended before its runtime started")
