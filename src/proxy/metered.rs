@@ -1,7 +1,9 @@
 //! The last layer of every response body: when the body ends (or the client drops it) the
 //! request is finished — duration, stream and token metrics, in-flight gauges, and the one
 //! structured log line per request. Token counts come from `usage` in JSON bodies and in
-//! SSE events (OpenAI's final chunk, Anthropic's `message_start` / `message_delta`).
+//! SSE events (OpenAI's final chunk, Anthropic's `message_start` / `message_delta`). The
+//! gauges drop and the duration is taken at once; on a serving thread the rest waits until
+//! the thread is about to go idle ([`Finished`]).
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
