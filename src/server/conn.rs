@@ -75,7 +75,7 @@ pub trait Handler: Send + Sync + 'static {
 /// 128, makes a burst of connects wait on SYN retries; nginx uses 511).
 const LISTEN_BACKLOG: u32 = 1024;
 
-/// Binds a listener with [`LISTEN_BACKLOG`] (clamped by the kernel's `somaxconn`).
+/// Binds a listener with `LISTEN_BACKLOG` (clamped by the kernel's `somaxconn`).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -91,7 +91,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 ///
 /// hyper's own h1 header-read timeout is off: it arms a timer (an allocation and two
 /// timer-wheel updates) for every request head. The connection's driver bounds the same
-/// phase with its one lazy deadline instead ([`ConnState::deadline`]): `first_request` from
+/// phase with its one lazy deadline instead (`ConnState::deadline`): `first_request` from
 /// the accept, and on HTTP/1.1 `first_request` from the end of each request, whether the
 /// next head has not started or is trickling in.
 pub fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {

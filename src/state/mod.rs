@@ -4,7 +4,7 @@
 //! reads, and no request ever waits on Redis (policy hooks are synchronous). Changes a
 //! replica makes are recorded here — lock, unlock and streak events in a bounded outbox,
 //! window hits as pending deltas — and one background task per replica
-//! ([`redis::Replicator`]) writes them to Redis and applies other replicas' changes to the
+//! (`redis::Replicator`) writes them to Redis and applies other replicas' changes to the
 //! local mirror:
 //!
 //! - locks, unlocks and failure streaks travel as events: one Lua script applies a batch

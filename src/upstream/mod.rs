@@ -1,4 +1,4 @@
-//! The outbound side: the connection pool (HTTP/1.1 keep-alive, rustls; see [`pool`]) and
+//! The outbound side: the connection pool (HTTP/1.1 keep-alive, rustls; see `pool`) and
 //! the request builder
 //! that injects a provider's auth, strips hop-by-hop and client-credential headers, and
 //! rewrites nothing else. The outbound host always comes from config.
