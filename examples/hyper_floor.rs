@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 
 // The allocator Keyway uses, so the comparison is like for like.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: keyway::allocator::Mimalloc = keyway::allocator::Mimalloc;
 
 thread_local! {
     /// This thread's idle upstream connections.

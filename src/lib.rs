@@ -11,6 +11,7 @@
 //! [`config::Config`]; [`runtime`] holds the long-lived state and the current snapshot.
 
 pub mod admin;
+pub mod allocator;
 pub mod cli;
 pub mod config;
 pub mod deadline;

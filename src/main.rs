@@ -5,7 +5,7 @@ use clap::Parser;
 // glibc's allocator showed up as the largest single cost under load (~17% of samples);
 // mimalloc is built for many small, short-lived allocations across threads.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: keyway::allocator::Mimalloc = keyway::allocator::Mimalloc;
 
 fn main() -> std::process::ExitCode {
     keyway::server::workers::set_thread_hooks(keyway::server::workers::ThreadHooks {
