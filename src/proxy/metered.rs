@@ -368,27 +368,33 @@ mod handles {
         })
     }
 
-    /// Adds `n` tokens of `kind`.
-    pub fn count_tokens(provider: &str, model: &str, kind: &'static str, n: u64) {
-        TOKENS.with_borrow_mut(|cache| {
-            if let Some(c) = cache
-                .get(provider)
-                .and_then(|p| p.get(model))
-                .and_then(|v| v.iter().find(|(k, _)| *k == kind))
-            {
-                return c.1.increment(n);
+    /// Adds a response's token counts, each `(kind, n)` (one lookup for all of them).
+    pub fn count_tokens(provider: &str, model: &str, counts: [(&'static str, Option<u64>); 2]) {
+        let add = |kinds: &mut Vec<(&'static str, Counter)>| {
+            for (kind, n) in counts {
+                let Some(n) = n else { continue };
+                match kinds.iter().find(|(k, _)| *k == kind) {
+                    Some((_, c)) => c.increment(n),
+                    None => {
+                        let c = m::counter(
+                            m::TOKENS,
+                            &[("provider", provider), ("model", model), ("kind", kind)],
+                        );
+                        c.increment(n);
+                        kinds.push((kind, c));
+                    }
+                }
             }
-            let c = m::counter(
-                m::TOKENS,
-                &[("provider", provider), ("model", model), ("kind", kind)],
-            );
-            c.increment(n);
-            cache
+        };
+        TOKENS.with_borrow_mut(|cache| {
+            if let Some(kinds) = cache.get_mut(provider).and_then(|p| p.get_mut(model)) {
+                return add(kinds);
+            }
+            add(cache
                 .entry(provider.to_string())
                 .or_default()
                 .entry(model.to_string())
-                .or_default()
-                .push((kind, c));
+                .or_default());
         })
     }
 }
@@ -528,10 +534,12 @@ pub fn record(
             metrics::histogram!(m::STREAM_DURATION, "provider" => provider.clone())
                 .record(total.saturating_sub(c.headers_after).as_secs_f64());
         }
-        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
-            if let Some(n) = n {
-                handles::count_tokens(provider, model, kind, n);
-            }
+        if prompt.is_some() || completion.is_some() {
+            handles::count_tokens(
+                provider,
+                model,
+                [("prompt", prompt), ("completion", completion)],
+            );
         }
     }
     if !tracing::enabled!(target: "keyway::request", tracing::Level::INFO) {

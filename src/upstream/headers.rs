@@ -58,6 +58,18 @@ fn is_client_only(name: &str) -> bool {
     ) || name.starts_with("x-keyway-")
 }
 
+/// Whether a `Connection` value names only headers that are hop-by-hop anyway (a value
+/// that is not text names nothing Keyway can match).
+fn lists_only_hop_by_hop(value: &HeaderValue) -> bool {
+    // Nearly every message says just this: no splitting, no copy.
+    if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+        return true;
+    }
+    value.to_str().map_or(true, |v| {
+        v.split(',').map(str::trim).all(is_hop_by_hop_token)
+    })
+}
+
 /// The names a message's `Connection` header lists, which are hop-by-hop too. Looked up
 /// once per message; most messages list nothing or only names that are hop-by-hop anyway
 /// (`keep-alive`), and then no header needs checking against the list.
@@ -66,13 +78,7 @@ struct Listed<'a>(Option<GetAll<'a, HeaderValue>>);
 impl<'a> Listed<'a> {
     fn of(headers: &'a HeaderMap) -> Self {
         let all = headers.get_all(header::CONNECTION);
-        let tokens = || {
-            all.iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-        };
-        let extra = tokens().any(|t| !is_hop_by_hop_token(t));
+        let extra = all.iter().any(|v| !lists_only_hop_by_hop(v));
         Self(extra.then_some(all))
     }
 
