@@ -110,9 +110,7 @@ async fn serve(listen: SocketAddr, upstream: SocketAddr, host: HeaderValue) -> s
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |req| forward(req, upstream, host.clone()));
-            // Responses written flattened, as Keyway writes them (`server::conn`).
             let _ = hyper::server::conn::http1::Builder::new()
-                .writev(false)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
