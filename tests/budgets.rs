@@ -224,19 +224,15 @@ async fn one_request_kept_open(proxy: &TestProxy) -> tokio::net::TcpStream {
     }
 }
 
-/// Heap kept per open, idle client connection after one request: the connection task,
-/// hyper's buffers, the handler's future box. Counted like allocations (live bytes on
-/// Keyway's threads), so it cannot flake on timing; what it guards is layout, such as a
-/// connection future stored twice inside its task (which cost 12 KiB per connection).
-/// Measured when set (2026-11-28, debug build): 34.0–34.2 KiB; 46.1 KiB with the
-/// connection future stored twice, which this budget (40 KiB) fails.
-#[tokio::test]
-async fn heap_per_idle_connection_stays_within_budget() {
+/// Heap kept per open, idle client connection after one request answered by `reply`,
+/// averaged over 40 connections. Counted like allocations (live bytes on Keyway's
+/// threads), so it cannot flake on timing.
+async fn heap_per_idle_connection(reply: Reply) -> i64 {
     const CONNECTIONS: i64 = 40;
-    const BUDGET: i64 = 40 * 1024;
     let rt = keyway_runtime();
     let mock = MockUpstream::start().await;
     mock.disable_recording();
+    mock.set_default(reply);
     let proxy = start_on(&rt, &mock, None).await;
     // Warm-up: the upstream connection, metric handles, per-thread caches.
     for _ in 0..5 {
@@ -256,23 +252,52 @@ async fn heap_per_idle_connection_stays_within_budget() {
         held.push(one_request_kept_open(&proxy).await);
     }
     let per_connection = (LIVE_BYTES.load(Ordering::SeqCst) - before) / CONNECTIONS;
-    eprintln!("heap per idle connection: {per_connection} bytes (budget {BUDGET})");
     assert!(
         per_connection >= 4 * 1024,
         "only {per_connection} bytes counted per connection: is counting detached?"
     );
+    drop(held);
+    drop(proxy);
+    rt.shutdown_background();
+    per_connection
+}
+
+/// Heap kept per open, idle client connection after one request: the connection task,
+/// hyper's buffers, the handler's future box. What it guards is layout, such as a
+/// connection future stored twice inside its task (which cost 12 KiB per connection).
+/// Measured when set (2026-11-28, debug build): 34.0–34.2 KiB; 46.1 KiB with the
+/// connection future stored twice, which this budget (40 KiB) fails.
+#[tokio::test]
+async fn heap_per_idle_connection_stays_within_budget() {
+    const BUDGET: i64 = 40 * 1024;
+    let per_connection = heap_per_idle_connection(Reply::ok()).await;
+    eprintln!("heap per idle connection: {per_connection} bytes (budget {BUDGET})");
     assert!(
         per_connection <= BUDGET,
         "{per_connection} bytes of heap per idle connection, budget {BUDGET}"
     );
-    drop(held);
-    drop(proxy);
-    rt.shutdown_background();
 }
 
-/// Sequential requests share one upstream connection; concurrent ones open at most one per
-/// request in flight, and those are reused afterwards. The connect counter agrees with
-/// what the upstream saw.
+/// The same after a 1 MiB answer: what a connection keeps is bounded by Keyway's buffer
+/// limits, not by the largest response it once relayed.
+#[tokio::test]
+async fn heap_per_idle_connection_after_a_large_response_stays_bounded() {
+    const BUDGET: i64 = 40 * 1024;
+    let content = "x".repeat(1 << 20);
+    let body = serde_json::json!({
+        "id": "chatcmpl-large", "object": "chat.completion", "created": 0, "model": "gpt-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    });
+    let per_connection = heap_per_idle_connection(Reply::ok().body(body.to_string())).await;
+    eprintln!("heap per idle connection after 1 MiB: {per_connection} bytes (budget {BUDGET})");
+    assert!(
+        per_connection <= BUDGET,
+        "{per_connection} bytes of heap per idle connection after a 1 MiB answer, budget {BUDGET}"
+    );
+}
+
 #[tokio::test]
 async fn upstream_connections_are_reused() {
     let mock = MockUpstream::start().await;
