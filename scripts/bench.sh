@@ -3,7 +3,9 @@
 # to the upstream, and nginx as a plain keep-alive reverse proxy. Idempotent: installs what
 # it needs (wrk, nginx, hey, openssl, redis-server from Debian; for full runs oha from crates.io, which
 # measures fixed-rate latency with coordinated-omission correction; smoke runs use hey).
-#   scripts/bench.sh           full run (about 10 minutes); updates BENCHMARKS.md
+# Keyway is measured as scripts/build-release.sh builds it (profile-guided), next to the plain
+# `cargo build --release` binary.
+#   scripts/bench.sh           full run (about 25 minutes with the builds); updates BENCHMARKS.md
 #   scripts/bench.sh --smoke   a few seconds per case, to keep the harness working (CI)
 #   scripts/bench.sh --streams [N]   N concurrent SSE streams through Keyway, once: lost
 #                              chunks, peak RSS per stream, CPU per stream (default 10,000
@@ -34,6 +36,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 echo "building release binaries..." >&2
 cargo build --release --quiet --bin keyway --example mock_upstream --example sse_load --example hyper_floor
+# Keyway as it is released: the profile-guided build (the plain one above is measured too).
+KEYWAY_BIN=$(scripts/build-release.sh)
+export KEYWAY_BIN
 
 # 1,000 streams need ~4,000 sockets across the processes.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"

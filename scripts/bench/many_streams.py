@@ -24,7 +24,7 @@ def main():
     ap.add_argument("--chunks", type=int, default=10)
     ap.add_argument("--pacing-ms", type=int, default=500)
     ap.add_argument("--timeout-secs", type=int, default=120)
-    ap.add_argument("--keyway", default=os.path.join(run.REL, "keyway"), help="the binary to measure (A/B runs)")
+    ap.add_argument("--keyway", default=run.KEYWAY, help="the binary to measure (A/B runs)")
     args = ap.parse_args()
     # Every stream holds a client and an upstream socket in Keyway (the upstream pool speaks
     # HTTP/1.1); Keyway raises its soft descriptor limit to the hard one and keeps 64 spare.

@@ -18,6 +18,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REL = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
+# The Keyway under test: the profile-guided build from scripts/build-release.sh when bench.sh
+# made one (KEYWAY_BIN), else the plain release build. The plain build is measured too.
+KEYWAY = os.environ.get("KEYWAY_BIN") or os.path.join(REL, "keyway")
 WORK = os.path.join(ROOT, "target", "bench", "run")
 CLIENT_KEY = "bench-client-key"
 CANNED = ('{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"gpt-4o",'
@@ -314,7 +317,7 @@ def main():
     P = PROFILES[args.mode]
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
-    ports = {k: free_port() for k in ["up", "ngx", "ngx_s", "mock", "floor", "kw", "kws", "kwh", "kwc", "kwr", "redis"]}
+    ports = {k: free_port() for k in ["up", "ngx", "ngx_s", "mock", "floor", "kw", "kwp", "kws", "kwh", "kwc", "kwr", "redis"]}
     cert, key = os.path.join(WORK, "cert.pem"), os.path.join(WORK, "key.pem")
     sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
         key, "-out", cert, "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
@@ -338,21 +341,24 @@ def main():
         # The same stack (tokio, hyper) doing no more than a proxy must: Keyway's floor.
         ("hyper-floor", [os.path.join(REL, "examples", "hyper_floor"), "--listen", f"127.0.0.1:{ports['floor']}",
                          "--upstream", f"127.0.0.1:{ports['up']}"], ports["floor"]),
-        ("keyway", [os.path.join(REL, "keyway"), "run", "-c", keyway_conf("keyway", ports["kw"], ports["up"], ports["mock"])],
+        ("keyway", [KEYWAY, "run", "-c", keyway_conf("keyway", ports["kw"], ports["up"], ports["mock"])],
          ports["kw"]),
-        ("keyway-tls", [os.path.join(REL, "keyway"), "run", "-c",
+        # The same config on the plain `cargo build --release` binary (no profile guidance).
+        ("keyway-plain", [os.path.join(REL, "keyway"), "run", "-c",
+                          keyway_conf("keyway-plain", ports["kwp"], ports["up"], ports["mock"])], ports["kwp"]),
+        ("keyway-tls", [KEYWAY, "run", "-c",
                         keyway_conf("keyway-tls", ports["kws"], ports["up"], ports["mock"], tls=(cert, key))], ports["kws"]),
-        ("keyway-heavy", [os.path.join(REL, "keyway"), "run", "-c",
+        ("keyway-heavy", [KEYWAY, "run", "-c",
                           keyway_conf("keyway-heavy", ports["kwh"], ports["up"], ports["mock"], keys=10,
                                       policy_dir=heavy_policy())], ports["kwh"]),
-        ("keyway-custom", [os.path.join(REL, "keyway"), "run", "-c",
+        ("keyway-custom", [KEYWAY, "run", "-c",
                            keyway_conf("keyway-custom", ports["kwc"], ports["up"], ports["mock"],
                                        policy_dir=custom_policy())], ports["kwc"]),
         ("redis", ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--save", "",
                    "--appendonly", "no", "--dir", WORK], ports["redis"]),
         # The custom policy with state shared on Redis: its `quota::hit` per success makes
         # window deltas to sync, so this is the backend's worst case next to keyway_custom.
-        ("keyway-redis", [os.path.join(REL, "keyway"), "run", "-c",
+        ("keyway-redis", [KEYWAY, "run", "-c",
                           keyway_conf("keyway-redis", ports["kwr"], ports["up"], ports["mock"],
                                       policy_dir=custom_policy(), redis=True)], ports["kwr"]),
     ]
@@ -368,22 +374,23 @@ def main():
         path = "/v1/chat/completions"
         w1_targets = {"direct": f"http://127.0.0.1:{ports['up']}{path}", "nginx": f"http://127.0.0.1:{ports['ngx']}{path}",
                       "floor": f"http://127.0.0.1:{ports['floor']}{path}",
-                      "keyway": f"http://127.0.0.1:{ports['kw']}{path}", "keyway_tls": f"https://127.0.0.1:{ports['kws']}{path}",
+                      "keyway": f"http://127.0.0.1:{ports['kw']}{path}",
+                      "keyway_plain": f"http://127.0.0.1:{ports['kwp']}{path}", "keyway_tls": f"https://127.0.0.1:{ports['kws']}{path}",
                       "keyway_heavy": f"http://127.0.0.1:{ports['kwh']}{path}",
                       "keyway_custom": f"http://127.0.0.1:{ports['kwc']}{path}",
                       "keyway_redis": f"http://127.0.0.1:{ports['kwr']}{path}"}
         # The process whose CPU a target's proxying costs (direct: none).
         w1_procs = {"nginx": procs["nginx-proxy"].pid, "floor": procs["hyper-floor"].pid, "keyway": procs["keyway"].pid,
-                    "keyway_tls": procs["keyway-tls"].pid, "keyway_heavy": procs["keyway-heavy"].pid,
+                    "keyway_plain": procs["keyway-plain"].pid, "keyway_tls": procs["keyway-tls"].pid, "keyway_heavy": procs["keyway-heavy"].pid,
                     "keyway_custom": procs["keyway-custom"].pid, "keyway_redis": procs["keyway-redis"].pid}
         w1 = {k: [] for k in w1_targets}
-        w2_targets = {k: v for k, v in w1_targets.items() if k != "keyway_heavy"}
+        w2_targets = {k: v for k, v in w1_targets.items() if k not in ("keyway_heavy", "keyway_plain")}
         w2 = {k: [] for k in w2_targets}
         w3_targets = {"direct": f"http://127.0.0.1:{ports['mock']}{path}", "nginx": f"http://127.0.0.1:{ports['ngx_s']}{path}",
                       "keyway": f"http://127.0.0.1:{ports['kw']}{path}"}
         w3 = {k: [] for k in w3_targets}
         # One request at a time: latency with nothing queued anywhere.
-        w4_targets = {k: v for k, v in w1_targets.items() if k in ("direct", "nginx", "floor", "keyway", "keyway_tls",
+        w4_targets = {k: v for k, v in w1_targets.items() if k in ("direct", "nginx", "floor", "keyway", "keyway_plain", "keyway_tls",
                                                                     "keyway_custom")}
         w4 = {k: [] for k in w4_targets}
         peak, cpu_per_stream = [], []
@@ -437,7 +444,7 @@ def main():
                       f"ttfb p50 {res['ttfb_p50_ms']:.2f} ms", flush=True)
     finally:
         stop(procs)
-    reload = sh([sys.executable, os.path.join(ROOT, "scripts", "bench", "reload_latency.py"), os.path.join(REL, "keyway"),
+    reload = sh([sys.executable, os.path.join(ROOT, "scripts", "bench", "reload_latency.py"), KEYWAY,
                  os.path.join(REL, "examples", "mock_upstream"), str(P["reload_trials"])])
     m = re.search(r"median: ([\d.]+) ms", reload.stdout)
     crit = criterion() if P["criterion"] else {}
@@ -448,14 +455,15 @@ def main():
         "mode": args.mode,
         "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model, "mem_gib": round(mem / 1024 / 1024),
                     "kernel": platform.platform()},
-        "versions": {"keyway": sh([os.path.join(REL, "keyway"), "version"]).stdout.strip().split()[-1],
+        "build": "profile-guided (scripts/build-release.sh)" if os.environ.get("KEYWAY_BIN") else "plain cargo build --release",
+        "versions": {"keyway": sh([KEYWAY, "version"]).stdout.strip().split()[-1],
                      "rustc": sh(["rustc", "--version"]).stdout.strip(),
                      "nginx": sh(["nginx", "-v"]).stderr.strip().replace("nginx version: ", ""),
                      "wrk": "wrk " + (sh(["wrk", "-v"]).stdout.split()[1:2] or ["?"])[0],
                      "oha": sh(["oha", "--version"]).stdout.strip() if shutil.which("oha") else "hey (oha not installed)"},
         **P,
         "w1": w1, "w2": w2, "w3": w3, "w4": w4,
-        "keyway": {"binary_mib": os.path.getsize(os.path.join(REL, "keyway")) / 1024 / 1024, "idle_rss_mib": idle_rss,
+        "keyway": {"binary_mib": os.path.getsize(KEYWAY) / 1024 / 1024, "idle_rss_mib": idle_rss,
                    "stream_peak_rss_mib": peak, "stream_cpu_ms_per_stream": cpu_per_stream,
                    "reload_median_ms": float(m.group(1)) if m else None},
         "criterion": crit,
