@@ -9,6 +9,7 @@ traffic takes, not one benchmark:
      native and translated both ways, streamed and not, with every request body of the
      translation corpus (tests/golden, including real Claude Code and Codex turns of
      16-18 KB), plus the error answers (unknown model, bad key, bad JSON, wrong method);
+     then the same over TLS when openssl is there to make a certificate;
   2. each shipped example policy (examples/policies/*.rhai), whose hooks run in Rhai.
 
 Keyway is stopped with SIGTERM so it exits normally and writes its profile. Exits non-zero
@@ -24,6 +25,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -136,15 +138,20 @@ def policy_mix():
     return mix
 
 
-def drive(port, mix, seconds, threads=2):
+def drive(port, mix, seconds, threads=2, tls=None):
     """Sends the mix in random order on keep-alive connections until the time is up."""
     deadline = time.monotonic() + seconds
+
+    def connect():
+        if tls:
+            return http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=tls)
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     stats = {"sent": 0, "ok": 0, "expected_ok_failed": 0, "statuses": {}}
     lock = threading.Lock()
 
     def worker(seed):
         rnd = random.Random(seed)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn = connect()
         while time.monotonic() < deadline:
             method, path, hdrs, data, expect_ok = rnd.choice(mix)
             try:
@@ -154,10 +161,10 @@ def drive(port, mix, seconds, threads=2):
                 status = resp.status
                 if resp.getheader("connection", "").lower() == "close":
                     conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                    conn = connect()
             except (OSError, http.client.HTTPException):
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn = connect()
                 status = 0
             with lock:
                 stats["sent"] += 1
@@ -231,6 +238,24 @@ def main():
         finally:
             stop_keyway(proc)
         check("demo config", stats, 0.6, log.name)
+
+        # The same over TLS (HTTP/1.1; rustls), with a throwaway certificate.
+        if shutil.which("openssl"):
+            cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                            "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+                            "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+            config = os.path.join(work, "demo-tls.toml")
+            with open(config, "w") as f:
+                f.write(demo.replace("[server]\n", f"[server]\ntls = {{ cert = {json.dumps(cert)}, key = {json.dumps(key)} }}\n", 1))
+            proc = run_keyway(args.keyway, config, kw_port, env, log)
+            try:
+                stats = drive(kw_port, demo_mix(), max(args.seconds / 3, 1), tls=ssl.create_default_context(cafile=cert))
+            finally:
+                stop_keyway(proc)
+            check("demo config over TLS", stats, 0.6, log.name)
+        else:
+            print("pgo training: openssl not found, TLS not trained", flush=True)
 
         # The example policies: every provider points at the mock.
         with open(os.path.join(ROOT, "examples", "policies", "keyway.toml")) as f:
