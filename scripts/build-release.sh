@@ -2,8 +2,8 @@
 # Builds the release binary with profile-guided optimisation: an instrumented build serves
 # a training mix (scripts/pgo/train.py: the demo config's APIs and translations, the
 # translation corpus's real client bodies, the example policies) and the profile steers the
-# final build's inlining and code layout. About 1.15x the throughput of a plain
-# `cargo build --release` at 0.83x its CPU per request (BENCHMARKS.md, step 12); behaviour is
+# final build's inlining and code layout. About 1.1x the throughput of a plain
+# `cargo build --release` at 0.88x its CPU per request (BENCHMARKS.md, step 12); behaviour is
 # the same, only the machine code differs.
 #   scripts/build-release.sh     writes target/pgo/keyway (and prints its path)
 # Needs the llvm-tools rustup component (installed here if missing) for llvm-profdata.
