@@ -21,11 +21,17 @@ fi
 
 rm -rf "$out/profiles"
 mkdir -p "$out/profiles"
-# RUSTFLAGS replaces any rustflags from cargo config, so a user's own flags are kept here.
-base_flags="${RUSTFLAGS:-}"
+# The profile flags go with any flags in RUSTFLAGS, passed as CARGO_ENCODED_RUSTFLAGS
+# (one flag per 0x1f-separated field) so that a path with spaces stays one argument. Like
+# RUSTFLAGS, this overrides `build.rustflags` from cargo config files.
+read -ra user_flags <<<"${RUSTFLAGS:-}"
+encoded() {
+  local IFS=$'\x1f'
+  printf '%s' "${user_flags[*]+${user_flags[*]}${IFS}}$*"
+}
 
 echo "pgo: building the instrumented binary..." >&2
-RUSTFLAGS="$base_flags -Cprofile-generate=$out/profiles" \
+CARGO_ENCODED_RUSTFLAGS=$(encoded "-Cprofile-generate=$out/profiles") \
   cargo build --release --quiet --target-dir "$out/instrumented" --bin keyway
 cargo build --release --quiet --example mock_upstream
 
@@ -35,7 +41,7 @@ python3 scripts/pgo/train.py --keyway "$out/instrumented/release/keyway" \
 "$profdata" merge -o "$out/keyway.profdata" "$out/profiles"
 
 echo "pgo: building the optimised binary..." >&2
-RUSTFLAGS="$base_flags -Cprofile-use=$out/keyway.profdata -Cllvm-args=-pgo-warn-missing-function=false" \
+CARGO_ENCODED_RUSTFLAGS=$(encoded "-Cprofile-use=$out/keyway.profdata" "-Cllvm-args=-pgo-warn-missing-function=false") \
   cargo build --release --quiet --target-dir "$out/optimised" --bin keyway
 cp "$out/optimised/release/keyway" "$out/keyway"
 echo "$out/keyway"

@@ -24,8 +24,9 @@ def render(r):
                f"{m['cpus']} × {m['cpu_model']}, {m['mem_gib']} GiB; {m['kernel']}.")
     out.append(f"Versions: keyway {r['versions']['keyway']} ({r['versions']['rustc']}), "
                f"{r['versions']['nginx']}, {r['versions']['wrk']}, {r['versions']['oha']}.")
-    if "build" in r:
-        out.append(f"Keyway's build: {r['build']}; the *plain* rows run the plain `cargo build --release` binary.")
+    if r.get("build", "").startswith("profile-guided"):
+        out.append(f"Keyway's build: {r['build']}; the *plain* rows run the plain "
+                   f"`cargo build --release` binary.")
     out.append("")
     w1 = r["w1"]
     base_direct = med([x["rps"] for x in w1["direct"]])
@@ -46,7 +47,8 @@ def render(r):
     nginx_cpu = cpu(w1.get("nginx", []))
     for name, label in [("direct", "direct to upstream"), ("nginx", "nginx proxy"),
                         ("floor", "hyper floor (same stack, no Keyway logic)"), ("keyway", "Keyway (HTTP)"),
-                        ("keyway_plain", "Keyway (HTTP), plain `cargo build --release`"), ("keyway_tls", "Keyway (TLS)"), ("keyway_heavy", "Keyway, 30 routes × 10 keys"),
+                        ("keyway_plain", "Keyway (HTTP), plain `cargo build --release`"),
+                        ("keyway_tls", "Keyway (TLS)"), ("keyway_heavy", "Keyway, 30 routes × 10 keys"),
                         ("keyway_custom", "Keyway, custom policy (every hook scripted)"),
                         ("keyway_redis", "Keyway, custom policy, state shared on Redis")]:
         runs = w1.get(name, [])

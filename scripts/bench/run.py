@@ -375,13 +375,15 @@ def main():
         w1_targets = {"direct": f"http://127.0.0.1:{ports['up']}{path}", "nginx": f"http://127.0.0.1:{ports['ngx']}{path}",
                       "floor": f"http://127.0.0.1:{ports['floor']}{path}",
                       "keyway": f"http://127.0.0.1:{ports['kw']}{path}",
-                      "keyway_plain": f"http://127.0.0.1:{ports['kwp']}{path}", "keyway_tls": f"https://127.0.0.1:{ports['kws']}{path}",
+                      "keyway_plain": f"http://127.0.0.1:{ports['kwp']}{path}",
+                      "keyway_tls": f"https://127.0.0.1:{ports['kws']}{path}",
                       "keyway_heavy": f"http://127.0.0.1:{ports['kwh']}{path}",
                       "keyway_custom": f"http://127.0.0.1:{ports['kwc']}{path}",
                       "keyway_redis": f"http://127.0.0.1:{ports['kwr']}{path}"}
         # The process whose CPU a target's proxying costs (direct: none).
         w1_procs = {"nginx": procs["nginx-proxy"].pid, "floor": procs["hyper-floor"].pid, "keyway": procs["keyway"].pid,
-                    "keyway_plain": procs["keyway-plain"].pid, "keyway_tls": procs["keyway-tls"].pid, "keyway_heavy": procs["keyway-heavy"].pid,
+                    "keyway_plain": procs["keyway-plain"].pid, "keyway_tls": procs["keyway-tls"].pid,
+                    "keyway_heavy": procs["keyway-heavy"].pid,
                     "keyway_custom": procs["keyway-custom"].pid, "keyway_redis": procs["keyway-redis"].pid}
         w1 = {k: [] for k in w1_targets}
         w2_targets = {k: v for k, v in w1_targets.items() if k not in ("keyway_heavy", "keyway_plain")}
@@ -390,8 +392,8 @@ def main():
                       "keyway": f"http://127.0.0.1:{ports['kw']}{path}"}
         w3 = {k: [] for k in w3_targets}
         # One request at a time: latency with nothing queued anywhere.
-        w4_targets = {k: v for k, v in w1_targets.items() if k in ("direct", "nginx", "floor", "keyway", "keyway_plain", "keyway_tls",
-                                                                    "keyway_custom")}
+        w4_targets = {k: v for k, v in w1_targets.items()
+                      if k in ("direct", "nginx", "floor", "keyway", "keyway_plain", "keyway_tls", "keyway_custom")}
         w4 = {k: [] for k in w4_targets}
         peak, cpu_per_stream = [], []
         # Warm every target (connection pools, page cache) before measuring.
@@ -455,7 +457,8 @@ def main():
         "mode": args.mode,
         "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model, "mem_gib": round(mem / 1024 / 1024),
                     "kernel": platform.platform()},
-        "build": "profile-guided (scripts/build-release.sh)" if os.environ.get("KEYWAY_BIN") else "plain cargo build --release",
+        "build": ("profile-guided (scripts/build-release.sh)" if os.environ.get("KEYWAY_BIN")
+                  else "plain cargo build --release"),
         "versions": {"keyway": sh([KEYWAY, "version"]).stdout.strip().split()[-1],
                      "rustc": sh(["rustc", "--version"]).stdout.strip(),
                      "nginx": sh(["nginx", "-v"]).stderr.strip().replace("nginx version: ", ""),

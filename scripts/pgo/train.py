@@ -184,7 +184,12 @@ def drive(port, mix, seconds, threads=2, tls=None):
 
 def run_keyway(keyway, config, port, env, log):
     proc = subprocess.Popen([keyway, "run", "--config", config], stdout=log, stderr=subprocess.STDOUT, env=env)
-    wait_port(port, proc, "keyway")
+    try:
+        wait_port(port, proc, "keyway")
+    except SystemExit:
+        proc.kill()
+        proc.wait()
+        raise
     return proc
 
 
