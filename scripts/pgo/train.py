@@ -68,12 +68,10 @@ def wait_port(port, proc, name):
     sys.exit(f"pgo training: {name} did not listen on {port}")
 
 
-def body(path, model, stream=None):
+def body(path, model):
     with open(path) as f:
         doc = json.load(f)
     doc["model"] = model
-    if stream is not None:
-        doc["stream"] = stream
     return json.dumps(doc).encode()
 
 
