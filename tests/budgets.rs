@@ -298,6 +298,9 @@ async fn heap_per_idle_connection_after_a_large_response_stays_bounded() {
     );
 }
 
+/// Sequential requests share one upstream connection; concurrent ones open at most one per
+/// request in flight, and those are reused afterwards. The connect counter agrees with
+/// what the upstream saw.
 #[tokio::test]
 async fn upstream_connections_are_reused() {
     let mock = MockUpstream::start().await;
